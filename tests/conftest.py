@@ -1,0 +1,54 @@
+"""Shared test setup: the reference package importable without torchaudio, tiny checkpoints on demand."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import sys
+import types
+
+import pytest
+
+
+def install_torchaudio_stand_in() -> None:
+    """Let the reference's model modules import without torchaudio.
+
+    torchaudio cannot load beside the CPU build of torch; the reference imports it at module
+    level but its forward passes never call it. The stand-in carries a real __spec__ so
+    importlib-based checks (transformers does some) accept it.
+    """
+    if "torchaudio" in sys.modules:
+        return
+    module = types.ModuleType("torchaudio")
+    module.__spec__ = importlib.machinery.ModuleSpec("torchaudio", loader=None)
+    for sub in ("functional", "transforms"):
+        child = types.ModuleType(f"torchaudio.{sub}")
+        child.__spec__ = importlib.machinery.ModuleSpec(f"torchaudio.{sub}", loader=None)
+        setattr(module, sub, child)
+        sys.modules[f"torchaudio.{sub}"] = child
+    sys.modules["torchaudio"] = module
+
+
+install_torchaudio_stand_in()
+
+
+def max_diff(ours, theirs) -> float:
+    """Largest absolute difference, printed so every parity test shows what it saw."""
+    return (ours.double() - theirs.double()).abs().max().item()
+
+
+def report(name: str, ours, theirs) -> tuple[float, float]:
+    """Print and return (max abs diff, scale of the reference output)."""
+    diff = max_diff(ours, theirs)
+    scale = theirs.double().abs().max().item()
+    print(f"[parity] {name}: max|diff| = {diff:.3e}  (output scale {scale:.3e}, relative {diff / max(scale, 1e-12):.3e})")
+    return diff, scale
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory):
+    """A complete random-weight checkpoint set in the official file format, tiny config."""
+    from tutortoietts.engine.checkpoints import write_random_checkpoints
+
+    directory = tmp_path_factory.mktemp("tiny-models")
+    write_random_checkpoints(directory, "tiny", seed=0)
+    return directory

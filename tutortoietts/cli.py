@@ -1,0 +1,69 @@
+"""The `tutortoietts` command: a thin Typer app; each command lives in tutortoietts/commands/."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="tutortoietts",
+    help="Turn a manuscript into an audiobook with the Tortoise TTS models, fast.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Imported here so `tutortoietts --help` stays fast and a broken optional command
+    # cannot take the others down with it at import time.
+    from tutortoietts.commands import models
+
+    app.add_typer(models.app, name="models")
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("TUTORTOIETTS_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
+
+
+def main() -> None:
+    """Console entry point: user mistakes become one line and exit code 1, no traceback."""
+    from tutortoietts.errors import UserError
+
+    debug = debug_enabled()
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+    _register()
+    try:
+        app(standalone_mode=False)
+    except UserError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted: finished chunks are saved; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
+    except Exception as error:  # click's usage errors and the like
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        if debug:
+            raise
+        print(f"error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Option aliases shared by every command, so the same flag reads the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ModelsDir = Annotated[
+    Optional[Path],
+    typer.Option("--models-dir", help="Folder with the Tortoise checkpoints (default: $TORTOISE_MODELS_DIR, then ~/.cache/tortoise/models)."),
+]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when available).")]
+Precision = Annotated[
+    Optional[str],
+    typer.Option("--precision", help="fp32, bf16, fp16 (CUDA only) or int8 (weight-only, autoregressive model); default: the preset's."),
+]
+Preset = Annotated[str, typer.Option("--preset", "-p", help="Preset name (see `tutortoietts presets`).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed; the same seed and text give the same audio.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; only errors and the final path.")]
