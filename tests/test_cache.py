@@ -1,0 +1,105 @@
+"""Cache keys reuse exactly what is still valid; the store round-trips values and counts hits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from tutortoietts import cache as cache_module
+from tutortoietts.cache import ARResult, Cache, ar_key, audio_key, voice_key
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeSettings:
+    """The Settings fields the cache reads (the real dataclass has the same names)."""
+
+    num_autoregressive_samples: int = 16
+    temperature: float = 0.8
+    top_p: float = 0.8
+    repetition_penalty: float = 2.0
+    length_penalty: float = 1.0
+    max_mel_tokens: int = 500
+    autoregressive_batch_size: int = 16
+    precision: str = "fp32"
+    cond_free: bool = True
+    cond_free_k: float = 2.0
+    diffusion_iterations: int = 30
+    diffusion_temperature: float = 1.0
+    sampler: str = "ddim"
+
+
+def keys(text="Hello there.", voice="v1", settings=FakeSettings(), seed=7, weights="w1"):
+    ar = ar_key(text, voice, settings, seed, weights)
+    return ar, audio_key(ar, settings)
+
+
+def test_settings_field_names_match_real_settings():
+    settings_module = pytest.importorskip("tutortoietts.settings")
+    names = {f.name for f in dataclasses.fields(settings_module.load_preset("ultra_fast"))}
+    missing = set(cache_module.AR_FIELDS + cache_module.DIFFUSION_FIELDS) - names
+    assert not missing, missing
+
+
+def test_diffusion_change_keeps_ar_key():
+    base_ar, base_audio = keys()
+    for change in ({"diffusion_iterations": 50}, {"sampler": "dpmpp2m"}, {"cond_free_k": 1.5}, {"diffusion_temperature": 0.9}):
+        ar, audio = keys(settings=dataclasses.replace(FakeSettings(), **change))
+        assert ar == base_ar, change
+        assert audio != base_audio, change
+
+
+def test_upstream_changes_change_everything():
+    base_ar, base_audio = keys()
+    variants = [
+        keys(text="Hello there!"),
+        keys(voice="v2"),
+        keys(seed=8),
+        keys(weights="w2"),
+        *(keys(settings=dataclasses.replace(FakeSettings(), **{f: v}))
+          for f, v in [("temperature", 0.5), ("top_p", 0.9), ("num_autoregressive_samples", 4),
+                       ("max_mel_tokens", 100), ("repetition_penalty", 1.5), ("length_penalty", 2.0), ("precision", "bf16")]),
+    ]
+    for ar, audio in variants:
+        assert ar != base_ar and audio != base_audio
+    assert len({ar for ar, _ in variants}) == len(variants)
+    # Whitespace is not speech.
+    assert keys(text="  Hello   there. ")[0] == base_ar
+    assert voice_key("v1", "w1") != voice_key("v1", "w2")
+
+
+def test_store_round_trip_and_counters(tmp_path):
+    store = Cache(tmp_path / "c")
+    ar, audio = keys()
+    assert store.get_audio(audio) is None and store.get_ar(ar) is None
+    samples = torch.randn(48000)
+    store.put_audio(audio, samples, 24000, "w1")
+    result = ARResult(codes=torch.randint(0, 8193, (2, 30)), scores=torch.randn(2), chosen=1, latents=torch.randn(1, 30, 16))
+    store.put_ar(ar, result, "w1")
+    store.put_voice_latents("vk", torch.randn(1, 16), torch.randn(1, 32), "w2")
+    got, rate = store.get_audio(audio)
+    assert rate == 24000 and torch.equal(got, samples)
+    back = store.get_ar(ar)
+    assert back.chosen == 1 and torch.equal(back.codes, result.codes) and torch.equal(back.latents, result.latents)
+    assert store.get_voice_latents("vk")["autoregressive"].shape == (1, 16)
+    store.close()
+    reopened = Cache(tmp_path / "c")  # counters persist across processes
+    stats = reopened.stats()
+    print(stats)
+    assert stats["namespaces"]["audio"] == {"entries": 1, "hits": 1, "misses": 1, "hit_rate": 0.5}
+    assert stats["namespaces"]["ar"]["hits"] == 1 and stats["namespaces"]["ar"]["misses"] == 1
+    assert reopened.clear(weights_fp="w1") == 2  # tags: one weights version out in one call
+    assert reopened.stats()["namespaces"]["voice"]["entries"] == 1
+    reopened.clear()
+    assert reopened.stats()["namespaces"]["voice"]["entries"] == 0
+
+
+def test_size_limit_evicts(tmp_path):
+    store = Cache(tmp_path / "small", size_limit=2_000_000)
+    for i in range(10):
+        store.put_audio(f"{i:064x}", torch.zeros(100_000) + i, 24000, "w")  # ~400 kB each
+    store._store.cull()
+    stats = store.stats()
+    print(stats["bytes"], stats["namespaces"]["audio"]["entries"])
+    assert stats["bytes"] <= 2_000_000 and stats["namespaces"]["audio"]["entries"] < 10

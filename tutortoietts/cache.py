@@ -1,0 +1,217 @@
+"""Size-limited disk caches for voice latents, autoregressive results and chunk audio."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import diskcache
+
+from tutortoietts import __version__
+
+# Bump the suffix when a stage's output changes for the same inputs, so old entries stop matching.
+ENGINE_VERSION = f"tutortoietts-{__version__}/cache-1"
+DEFAULT_SIZE_LIMIT = 2 * 1024**3  # 2 GiB: a long book's chunk audio at 24 kHz float32 fits several times
+NAMESPACES = ("voice", "ar", "audio")
+
+# What each stage reads from Settings. The AR result depends on precision too (bf16 samples
+# different codes), and the audio key contains the AR key, so precision reaches both.
+AR_FIELDS = (
+    "num_autoregressive_samples",
+    "temperature",
+    "top_p",
+    "repetition_penalty",
+    "length_penalty",
+    "max_mel_tokens",
+    "autoregressive_batch_size",
+    "precision",
+)
+DIFFUSION_FIELDS = ("diffusion_iterations", "diffusion_temperature", "cond_free", "cond_free_k", "sampler")
+
+
+def default_cache_dir() -> Path:
+    configured = os.environ.get("TUTORTOIETTS_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "tutortoietts"
+
+
+# ---------------------------------------------------------------- keys
+
+
+def digest(payload: dict) -> str:
+    """sha256 of canonical JSON: sorted keys, no whitespace, so equal inputs give equal keys."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def normalise_text(text: str) -> str:
+    """Whitespace and Unicode form do not change what is spoken, so they do not change the key."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def _settings_fields(settings, names) -> dict:
+    values = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings)
+    return {name: values.get(name) for name in names}
+
+
+def voice_key(voice_fp: str, weights_fp: str, engine_version: str = ENGINE_VERSION) -> str:
+    return digest({"stage": "voice", "voice": voice_fp, "weights": weights_fp, "engine": engine_version})
+
+
+def ar_key(text: str, voice_fp: str, settings, seed: int, weights_fp: str, engine_version: str = ENGINE_VERSION) -> str:
+    """Key of the autoregressive stage: everything that decides the codes, nothing downstream."""
+    return digest(
+        {
+            "stage": "ar",
+            "text": normalise_text(text),
+            "voice": voice_fp,
+            "settings": _settings_fields(settings, AR_FIELDS),
+            "seed": seed,
+            "weights": weights_fp,
+            "engine": engine_version,
+        }
+    )
+
+
+def audio_key(ar: str, settings) -> str:
+    """Key of a chunk's audio: its AR key (all upstream inputs) plus what diffusion and vocoder read."""
+    return digest({"stage": "audio", "ar": ar, "settings": _settings_fields(settings, DIFFUSION_FIELDS)})
+
+
+# ---------------------------------------------------------------- values
+
+
+@dataclass
+class ARResult:
+    """What the expensive autoregressive stage leaves for diffusion: candidates' codes and the chosen latents."""
+
+    codes: object  # LongTensor (n, T): every sampled candidate, for inspection and re-ranking
+    scores: object  # (n,) CLVP scores
+    chosen: int  # row of `codes` that diffusion used
+    latents: object  # (1, T', d) code latents of the chosen candidate, as diffusion takes them
+
+
+def _to_bytes(obj: dict) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _from_bytes(data: bytes) -> dict:
+    import torch
+
+    # weights_only: a cache file cannot run code even if someone tampers with it.
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+class Cache:
+    """Three namespaces in one diskcache store; hits and misses counted per namespace on disk."""
+
+    def __init__(self, directory: Path | str | None = None, size_limit: int = DEFAULT_SIZE_LIMIT):
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Values over 32 KiB (chunk audio, latents) land in their own files; LRU so a re-run keeps its own.
+        self._store = diskcache.Cache(
+            str(self.directory / "store"), size_limit=size_limit, eviction_policy="least-recently-used"
+        )
+        # Counters live apart, never evicted: the cache may forget values, not its own statistics.
+        self._counters = diskcache.Cache(str(self.directory / "counters"), eviction_policy="none")
+
+    def close(self) -> None:
+        self._store.close()
+        self._counters.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # raw access: namespaced hex-digest string keys, bytes values
+
+    def _get(self, namespace: str, key: str) -> bytes | None:
+        value = self._store.get(f"{namespace}:{key}")
+        self._counters.incr(f"{namespace}:{'hits' if value is not None else 'misses'}")
+        return value
+
+    def _set(self, namespace: str, key: str, value: bytes, weights_fp: str) -> None:
+        # The tag is the weights fingerprint: dropping one checkpoint set's entries is one evict() call.
+        self._store.set(f"{namespace}:{key}", value, tag=weights_fp)
+
+    def contains(self, namespace: str, key: str) -> bool:
+        return f"{namespace}:{key}" in self._store
+
+    # typed access
+
+    def get_voice_latents(self, key: str):
+        data = self._get("voice", key)
+        if data is None:
+            return None
+        return _from_bytes(data)
+
+    def put_voice_latents(self, key: str, autoregressive, diffusion, weights_fp: str) -> None:
+        self._set("voice", key, _to_bytes({"autoregressive": autoregressive, "diffusion": diffusion}), weights_fp)
+
+    def get_ar(self, key: str) -> ARResult | None:
+        data = self._get("ar", key)
+        if data is None:
+            return None
+        return ARResult(**_from_bytes(data))
+
+    def put_ar(self, key: str, result: ARResult, weights_fp: str) -> None:
+        self._set("ar", key, _to_bytes(dataclasses.asdict(result)), weights_fp)
+
+    def get_audio(self, key: str):
+        """(samples float32 tensor (n,), sample_rate) or None."""
+        data = self._get("audio", key)
+        if data is None:
+            return None
+        value = _from_bytes(data)
+        return value["samples"], int(value["sample_rate"])
+
+    def put_audio(self, key: str, samples, sample_rate: int, weights_fp: str) -> None:
+        self._set("audio", key, _to_bytes({"samples": samples.detach().float().cpu().contiguous(), "sample_rate": sample_rate}), weights_fp)
+
+    # housekeeping
+
+    def stats(self) -> dict:
+        """Per namespace: entries, hits, misses, hit rate; plus the bytes on disk and the limit."""
+        entries = dict.fromkeys(NAMESPACES, 0)
+        for key in self._store.iterkeys():
+            namespace = str(key).split(":", 1)[0]
+            if namespace in entries:
+                entries[namespace] += 1
+        namespaces = {}
+        for namespace in NAMESPACES:
+            hits = int(self._counters.get(f"{namespace}:hits", 0))
+            misses = int(self._counters.get(f"{namespace}:misses", 0))
+            lookups = hits + misses
+            namespaces[namespace] = {
+                "entries": entries[namespace],
+                "hits": hits,
+                "misses": misses,
+                "hit_rate": hits / lookups if lookups else None,
+            }
+        return {
+            "directory": str(self.directory),
+            "bytes": self._store.volume(),
+            "size_limit": self._store.size_limit,
+            "namespaces": namespaces,
+        }
+
+    def clear(self, weights_fp: str | None = None) -> int:
+        """Drop everything (counters too), or only one weights fingerprint's entries; returns entries removed."""
+        if weights_fp is not None:
+            return self._store.evict(weights_fp)
+        removed = self._store.clear()
+        self._counters.clear()
+        return removed

@@ -1,0 +1,150 @@
+"""Find a voice by name or path (project, user folder, tortoise's bundled voices) and load its clips."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.resources
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tutortoietts.errors import UserError
+
+# The formats tortoise's own voices come in plus the lossless ones people record in.
+CLIP_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg")
+# Clips are loaded at the rate the autoregressive conditioning mel expects.
+CLIP_SAMPLE_RATE = 22050
+SOURCES = ("project", "user", "tortoise", "path", "random")
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A named set of reference clips; `random` has no clips and draws its latents from a seed."""
+
+    name: str
+    source: str  # one of SOURCES
+    clips: list[Path] = field(default_factory=list, hash=False)
+
+    @property
+    def is_random(self) -> bool:
+        return self.source == "random"
+
+
+def project_voices_dir() -> Path | None:
+    """The repository's voices/ folder; an installed package finds it only through the environment."""
+    configured = os.environ.get("TUTORTOIETTS_PROJECT_VOICES")
+    if configured:
+        return Path(configured).expanduser()
+    beside_package = Path(__file__).resolve().parent.parent / "voices"
+    # Inside site-packages there is no voices/ next to the package, so this simply finds nothing.
+    return beside_package if beside_package.is_dir() else None
+
+
+def user_voices_dir() -> Path:
+    configured = os.environ.get("TUTORTOIETTS_VOICES")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".local" / "share" / "tutortoietts" / "voices"
+
+
+def tortoise_voices_dir() -> Path | None:
+    """tortoise-tts ships emma, tom, ... as data files; we read them, never its model code."""
+    try:
+        bundled = importlib.resources.files("tortoise") / "voices"
+    except ModuleNotFoundError:
+        return None
+    path = Path(str(bundled))
+    return path if path.is_dir() else None
+
+
+def _search_dirs() -> list[tuple[str, Path]]:
+    """(source, folder) in lookup order: the first folder holding a name wins."""
+    found = []
+    for source, directory in (("project", project_voices_dir()), ("user", user_voices_dir()), ("tortoise", tortoise_voices_dir())):
+        if directory is not None and directory.is_dir():
+            found.append((source, directory))
+    return found
+
+
+def clips_in(folder: Path) -> list[Path]:
+    """The audio clips in a voice folder, sorted so the voice (and its fingerprint) is stable."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CLIP_SUFFIXES)
+
+
+def list_voices() -> list[Voice]:
+    """Every voice that can be named, one per name (earlier sources shadow later ones), sorted."""
+    voices: dict[str, Voice] = {}
+    for source, directory in _search_dirs():
+        for sub in sorted(directory.iterdir()):
+            if sub.name in voices or not sub.is_dir():
+                continue
+            clips = clips_in(sub)
+            # Folders holding only precomputed .pth latents (tortoise's cond_latent_example) have no clips.
+            if clips:
+                voices[sub.name] = Voice(sub.name, source, clips)
+    return [voices[name] for name in sorted(voices)]
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or text.startswith(".") or text.startswith("~") or Path(text).suffix.lower() in CLIP_SUFFIXES
+
+
+def _voice_from_path(path: Path) -> Voice:
+    if not path.exists():
+        raise UserError(f"voice path not found: {path}")
+    if path.is_file():
+        if path.suffix.lower() not in CLIP_SUFFIXES:
+            raise UserError(f"voice clip must be one of {', '.join(CLIP_SUFFIXES)}: {path}")
+        return Voice(path.stem, "path", [path.resolve()])
+    clips = clips_in(path)
+    if not clips:
+        raise UserError(f"voice folder has no audio clips ({', '.join(CLIP_SUFFIXES)}): {path}")
+    return Voice(path.resolve().name, "path", [c.resolve() for c in clips])
+
+
+def find_voice(name_or_path: str) -> Voice:
+    """Resolve --voice: `random`, a named voice from the search folders, or a folder/file of clips."""
+    text = name_or_path.strip()
+    if not text:
+        raise UserError("--voice is empty: give a voice name (see `tutortoietts voices`), a folder of clips, or 'random'")
+    if text == "random":
+        return Voice("random", "random", [])
+    if _looks_like_path(text):
+        return _voice_from_path(Path(text).expanduser())
+    known = {voice.name: voice for voice in list_voices()}
+    if text in known:
+        return known[text]
+    # A bare name that happens to be a folder in the working directory still counts.
+    if Path(text).is_dir():
+        return _voice_from_path(Path(text))
+    close = difflib.get_close_matches(text, list(known), n=4, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UserError(f"unknown voice '{text}'{hint} (`tutortoietts voices` lists them; a folder of clips also works)")
+
+
+def voice_fingerprint(voice: Voice, seed: int = 0) -> str:
+    """sha256 over the clips' bytes (not their names), so renaming a folder keeps its cache."""
+    digest = hashlib.sha256()
+    if voice.is_random:
+        # A random voice is its seed: the same seed draws the same latents.
+        digest.update(f"random:{seed}".encode())
+        return digest.hexdigest()
+    for clip in voice.clips:
+        digest.update(hashlib.sha256(clip.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def load_voice_clips(voice: Voice, sample_rate: int = CLIP_SAMPLE_RATE) -> list:
+    """The clips as 1-D float tensors at `sample_rate`; a clip that will not decode is a user error."""
+    from tutortoietts.engine.audio import load_clip
+
+    clips = []
+    for path in voice.clips:
+        try:
+            clips.append(load_clip(path, sample_rate))
+        except UserError:
+            raise
+        except Exception as error:  # a corrupt or unsupported file the user can replace
+            raise UserError(f"cannot read voice clip {path}: {error}") from error
+    return clips
