@@ -1,0 +1,186 @@
+"""Presets reproduce the reference's tts_with_preset; validation gives clear messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+
+from tutortoietts.errors import UserError
+from tutortoietts.settings import (
+    AUTOREGRESSIVE_FIELDS, DIFFUSION_FIELDS, FIELD_NAMES, Settings, load_preset, preset_names,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_user_presets(monkeypatch, tmp_path):
+    # Never read the developer's own ~/.config file.
+    monkeypatch.delenv("TUTORTOIETTS_PRESETS", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
+def reference_preset(name: str) -> dict:
+    """What the reference's tts_with_preset passes to tts(), completed with tts()'s defaults.
+
+    Read from the reference's source (its literals), so this test sees the reference's numbers,
+    not ours copied twice.
+    """
+    import ast
+
+    from tortoise import api
+
+    source = inspect.getsource(api.TextToSpeech.tts_with_preset)
+    tree = ast.parse(inspect.cleandoc("\n" + source) if source.startswith(" ") else source)
+    literals = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            literals[node.targets[0].id] = ast.literal_eval(node.value)
+    defaults = {
+        k: p.default for k, p in inspect.signature(api.TextToSpeech.tts).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    values = {k: defaults[k] for k in FIELD_NAMES if k in defaults}
+    values.update(literals["settings"])
+    values.update(literals["presets"][name])
+    return values
+
+
+@pytest.mark.parametrize("name", ["ultra_fast", "fast", "standard", "high_quality"])
+def test_reference_presets_reproduced(name):
+    expected = reference_preset(name)
+    ours = load_preset(name)
+    print(name, expected)
+    for key, value in expected.items():
+        assert getattr(ours, key) == value, key
+        assert type(getattr(ours, key)) is type(value) or isinstance(value, (int, float)), key
+    assert ours.sampler == "ddpm" and ours.precision == "fp32"
+    # Every field of the preset is spelled out in the file: nothing falls back to a default.
+    import tomllib
+
+    table = tomllib.loads((ROOT / "tutortoietts" / "presets.toml").read_text())[name]
+    assert set(table) == set(FIELD_NAMES)
+
+
+def test_v2_presets():
+    quick = load_preset("ultra_fast_v2")
+    assert (quick.num_autoregressive_samples, quick.diffusion_iterations, quick.temperature, quick.top_p) == (8, 15, 0.65, 0.75)
+    assert (quick.diffusion_temperature, quick.length_penalty, quick.repetition_penalty, quick.cond_free_k) == (0.8, 0.8, 2.5, 1.5)
+    assert quick.cond_free is True and quick.sampler == "dpmpp2m" and quick.precision == "auto"
+    balanced = load_preset("balanced_v2")
+    assert (balanced.num_autoregressive_samples, balanced.diffusion_iterations, balanced.temperature, balanced.top_p) == (32, 50, 0.7, 0.85)
+    assert (balanced.repetition_penalty, balanced.length_penalty, balanced.cond_free_k, balanced.diffusion_temperature) == (2.0, 1.0, 2.0, 1.0)
+    assert balanced.sampler == "dpmpp2m" and balanced.precision == "auto"
+
+
+def test_root_presets_file_is_the_package_one():
+    assert (ROOT / "presets.toml").read_text() == (ROOT / "tutortoietts" / "presets.toml").read_text()
+
+
+def test_settings_names_are_reference_keywords():
+    from tortoise import api
+
+    keywords = set(inspect.signature(api.TextToSpeech.tts).parameters)
+    ours_only = {"sampler", "precision", "autoregressive_batch_size"}
+    assert set(FIELD_NAMES) - ours_only <= keywords
+
+
+def test_overrides_and_frozen():
+    settings = load_preset("fast", temperature=0.5, precision=None, diffusion_iterations=10)
+    assert settings.temperature == 0.5 and settings.precision == "fp32" and settings.diffusion_iterations == 10
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.temperature = 1.0
+    assert settings.replace(top_p=0.5).top_p == 0.5
+    assert isinstance(load_preset("fast", temperature=1).temperature, float)
+
+
+def test_stage_fields_split():
+    settings = load_preset("standard")
+    assert set(AUTOREGRESSIVE_FIELDS) | set(DIFFUSION_FIELDS) == set(FIELD_NAMES) - {"autoregressive_batch_size"}
+    changed = settings.replace(diffusion_iterations=7, sampler="ddim", cond_free_k=1.0)
+    assert changed.autoregressive_fields() == settings.autoregressive_fields()
+    assert changed.diffusion_fields() != settings.diffusion_fields()
+    assert settings.replace(top_p=0.3).diffusion_fields() == settings.diffusion_fields()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(temperature=0), "temperature = 0.0 is out of range"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_p=0), "top_p"),
+        (dict(num_autoregressive_samples=0), "num_autoregressive_samples"),
+        (dict(diffusion_iterations=4001), "between 1 and 4000"),
+        (dict(max_mel_tokens=605), "between 1 and 604"),
+        (dict(cond_free_k=-1), "cond_free_k"),
+        (dict(sampler="euler"), "one of ddpm, ddim, dpmpp2m"),
+        (dict(precision="fp64"), "one of auto, fp32"),
+        (dict(num_autoregressive_samples=2.5), "must be a whole number"),
+        (dict(temperature="hot"), "must be a number"),
+        (dict(cond_free="yes"), "must be true or false"),
+        (dict(tempurature=0.5), "did you mean temperature?"),
+    ],
+)
+def test_validation_messages(overrides, message):
+    with pytest.raises(UserError) as caught:
+        load_preset("fast", **overrides)
+    print(caught.value)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_preset_lists_known():
+    with pytest.raises(UserError) as caught:
+        load_preset("fastest")
+    print(caught.value)
+    for name in ["ultra_fast", "fast", "standard", "high_quality", "ultra_fast_v2", "balanced_v2"]:
+        assert name in str(caught.value)
+
+
+def test_user_presets(monkeypatch, tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[fast]\ntemperature = 0.6\n\n[narrator]\nbase = "ultra_fast_v2"\nnum_autoregressive_samples = 4\n\n[bare]\ndiffusion_iterations = 3\n')
+    monkeypatch.setenv("TUTORTOIETTS_PRESETS", str(path))
+    assert load_preset("fast").temperature == 0.6
+    assert load_preset("fast").num_autoregressive_samples == 96
+    narrator = load_preset("narrator")
+    assert narrator.num_autoregressive_samples == 4 and narrator.sampler == "dpmpp2m"
+    assert load_preset("bare") == Settings(diffusion_iterations=3)
+    assert "narrator" in preset_names()
+
+
+def test_user_presets_default_location(tmp_path, monkeypatch):
+    folder = tmp_path / "config" / "tutortoietts"
+    folder.mkdir(parents=True)
+    (folder / "presets.toml").write_text("[standard]\ntop_p = 0.9\n")
+    assert load_preset("standard").top_p == 0.9
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[fast\n", "not valid TOML"),
+        ("[fast]\ntop_pp = 0.9\n", "did you mean top_p?"),
+        ("[fast]\ntop_p = 2.0\n", "top_p"),
+        ('[x]\nbase = "nope"\n', "not a known preset"),
+        ("fast = 3\n", "must be a table"),
+    ],
+)
+def test_bad_user_file(monkeypatch, tmp_path, content, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    monkeypatch.setenv("TUTORTOIETTS_PRESETS", str(path))
+    with pytest.raises(UserError) as caught:
+        load_preset("fast")
+        load_preset("x")
+    print(caught.value)
+    assert message in str(caught.value)
+
+
+def test_missing_explicit_user_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUTORTOIETTS_PRESETS", str(tmp_path / "absent.toml"))
+    with pytest.raises(UserError, match="does not exist"):
+        load_preset("fast")

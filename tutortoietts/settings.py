@@ -1,0 +1,188 @@
+"""Generation settings: named presets from presets.toml (plus the user's) -> a validated, frozen Settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tutortoietts.errors import UserError
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+MAX_MEL_TOKENS = 604  # the autoregressive model's mel position table (configs.FULL)
+
+# Which settings each stage reads, so a cache key holds exactly those: changing a diffusion
+# setting must not throw away cached autoregressive codes. Precision changes the numbers of
+# both stages. autoregressive_batch_size is in neither: it changes speed, not results.
+AUTOREGRESSIVE_FIELDS = (
+    "num_autoregressive_samples", "temperature", "top_p", "repetition_penalty",
+    "length_penalty", "max_mel_tokens", "precision",
+)
+DIFFUSION_FIELDS = (
+    "diffusion_iterations", "cond_free", "cond_free_k", "diffusion_temperature", "sampler", "precision",
+)
+
+BUILTIN_PRESETS = Path(__file__).with_name("presets.toml")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One generation's knobs, named like the reference's tts() keywords.
+
+    Defaults are the reference tts()'s own defaults; presets spell every value out anyway.
+    """
+
+    # Autoregressive sampling: candidates drawn, then the best one kept by CLVP.
+    num_autoregressive_samples: int = 512
+    temperature: float = 0.8
+    top_p: float = 0.8
+    repetition_penalty: float = 2.0
+    length_penalty: float = 1.0
+    max_mel_tokens: int = 500  # 20 codes per second of speech
+    # Diffusion: codes' latents -> mel spectrogram.
+    diffusion_iterations: int = 100
+    cond_free: bool = True  # classifier-free guidance: two forward passes per step
+    cond_free_k: float = 2.0  # out = cond * (k + 1) - uncond * k
+    diffusion_temperature: float = 1.0  # scale of the starting noise
+    sampler: str = "ddpm"
+    # Performance.
+    precision: str = "fp32"
+    autoregressive_batch_size: int = 0  # 0 = all samples in one batch
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = _checked_type(field.name, field.type, getattr(self, field.name))
+            object.__setattr__(self, field.name, value)  # ints given for floats become floats
+        for name, ok, rule in _RANGES:
+            if not ok(getattr(self, name)):
+                raise UserError(f"setting {name} = {getattr(self, name)!r} is out of range: it must be {rule}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "Settings":
+        """A copy with some values changed (validated like any Settings); None values are ignored."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        _reject_unknown(changes, "setting")
+        return dataclasses.replace(self, **changes)
+
+    def autoregressive_fields(self) -> dict:
+        """The values the autoregressive stage (sampling, reranking, latents) depends on."""
+        return {name: getattr(self, name) for name in AUTOREGRESSIVE_FIELDS}
+
+    def diffusion_fields(self) -> dict:
+        """The values the diffusion stage depends on."""
+        return {name: getattr(self, name) for name in DIFFUSION_FIELDS}
+
+
+FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Settings))
+
+_RANGES = (
+    ("num_autoregressive_samples", lambda v: v >= 1, "at least 1"),
+    ("temperature", lambda v: 0 < v < math.inf, "greater than 0"),
+    ("top_p", lambda v: 0 < v <= 1, "greater than 0 and at most 1"),
+    ("repetition_penalty", lambda v: 0 < v < math.inf, "greater than 0"),
+    ("length_penalty", math.isfinite, "a finite number"),
+    ("max_mel_tokens", lambda v: 1 <= v <= MAX_MEL_TOKENS, f"between 1 and {MAX_MEL_TOKENS}"),
+    ("diffusion_iterations", lambda v: 1 <= v <= 4000, "between 1 and 4000 (the diffusion model's trained steps)"),
+    ("cond_free_k", lambda v: 0 <= v < math.inf, "0 or more"),
+    ("diffusion_temperature", lambda v: 0 <= v < math.inf, "0 or more"),
+    ("sampler", lambda v: v in SAMPLERS, "one of " + ", ".join(SAMPLERS)),
+    ("precision", lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
+    ("autoregressive_batch_size", lambda v: v >= 0, "0 (all at once) or more"),
+)
+
+
+def _checked_type(name: str, kind: str, value):
+    # Annotations are strings here (from __future__ import annotations).
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"setting {name} must be true or false, got {value!r}")
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"setting {name} must be a whole number, got {value!r}")
+    if kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"setting {name} must be a number, got {value!r}")
+    if isinstance(value, str):
+        return value
+    raise UserError(f"setting {name} must be a string, got {value!r}")
+
+
+def _reject_unknown(values: dict, where: str) -> None:
+    for key in values:
+        if key not in FIELD_NAMES:
+            close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(FIELD_NAMES)})"
+            raise UserError(f"unknown {where} {key!r}{hint}")
+
+
+def user_presets_path() -> Path:
+    """$TUTORTOIETTS_PRESETS, else ~/.config/tutortoietts/presets.toml (XDG_CONFIG_HOME honoured)."""
+    if os.environ.get("TUTORTOIETTS_PRESETS"):
+        return Path(os.environ["TUTORTOIETTS_PRESETS"]).expanduser()
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config_home / "tutortoietts" / "presets.toml"
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise UserError(f"cannot read presets file {path}: {error.strerror}") from None
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: {name!r} must be a table ([{name}]) of settings, got {table!r}")
+    return data
+
+
+def preset_tables() -> dict[str, dict]:
+    """Every preset's raw values: the built-in file, then the user's laid over it."""
+    presets = {name: dict(table) for name, table in _read_toml(BUILTIN_PRESETS).items()}
+    user_path = user_presets_path()
+    explicit = bool(os.environ.get("TUTORTOIETTS_PRESETS"))
+    if not user_path.exists():
+        if explicit:
+            raise UserError(f"TUTORTOIETTS_PRESETS points to {user_path}, which does not exist")
+        return presets
+    for name, table in _read_toml(user_path).items():
+        table = dict(table)
+        base = table.pop("base", None)
+        if base is not None and base not in presets:
+            raise UserError(f"{user_path}: preset {name!r} has base {base!r}, which is not a known preset")
+        _reject_unknown(table, f"key in preset {name!r} ({user_path}):")
+        start = presets.get(base or name, {})  # a new preset without a base starts from Settings' defaults
+        presets[name] = {**start, **table}
+    return presets
+
+
+def preset_names() -> list[str]:
+    return list(preset_tables())
+
+
+def load_preset(name: str, **overrides) -> Settings:
+    """The named preset with keyword overrides on top (None means "not given"), validated."""
+    presets = preset_tables()
+    if name not in presets:
+        close = difflib.get_close_matches(name, presets, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UserError(f"unknown preset {name!r}: {hint}known presets: {', '.join(presets)}")
+    table = presets[name]
+    _reject_unknown(table, f"key in preset {name!r}:")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    _reject_unknown(overrides, "setting")
+    try:
+        return Settings(**{**table, **overrides})
+    except UserError as error:
+        raise UserError(f"preset {name!r}: {error}") from None
