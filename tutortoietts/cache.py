@@ -20,21 +20,6 @@ ENGINE_VERSION = f"tutortoietts-{__version__}/cache-1"
 DEFAULT_SIZE_LIMIT = 2 * 1024**3  # 2 GiB: a long book's chunk audio at 24 kHz float32 fits several times
 NAMESPACES = ("voice", "ar", "audio")
 
-# What each stage reads from Settings. The AR result depends on precision too (bf16 samples
-# different codes), and the audio key contains the AR key, so precision reaches both.
-AR_FIELDS = (
-    "num_autoregressive_samples",
-    "temperature",
-    "top_p",
-    "repetition_penalty",
-    "length_penalty",
-    "max_mel_tokens",
-    "autoregressive_batch_size",
-    "precision",
-)
-DIFFUSION_FIELDS = ("diffusion_iterations", "diffusion_temperature", "cond_free", "cond_free_k", "sampler")
-
-
 def default_cache_dir() -> Path:
     configured = os.environ.get("TUTORTOIETTS_CACHE")
     if configured:
@@ -56,23 +41,21 @@ def normalise_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def _settings_fields(settings, names) -> dict:
-    values = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings)
-    return {name: values.get(name) for name in names}
-
-
 def voice_key(voice_fp: str, weights_fp: str, engine_version: str = ENGINE_VERSION) -> str:
     return digest({"stage": "voice", "voice": voice_fp, "weights": weights_fp, "engine": engine_version})
 
 
 def ar_key(text: str, voice_fp: str, settings, seed: int, weights_fp: str, engine_version: str = ENGINE_VERSION) -> str:
-    """Key of the autoregressive stage: everything that decides the codes, nothing downstream."""
+    """Key of the autoregressive stage: everything that decides the codes, nothing downstream.
+
+    Settings says which of its fields each stage reads (settings.AUTOREGRESSIVE_FIELDS).
+    """
     return digest(
         {
             "stage": "ar",
             "text": normalise_text(text),
             "voice": voice_fp,
-            "settings": _settings_fields(settings, AR_FIELDS),
+            "settings": settings.autoregressive_fields(),
             "seed": seed,
             "weights": weights_fp,
             "engine": engine_version,
@@ -82,7 +65,7 @@ def ar_key(text: str, voice_fp: str, settings, seed: int, weights_fp: str, engin
 
 def audio_key(ar: str, settings) -> str:
     """Key of a chunk's audio: its AR key (all upstream inputs) plus what diffusion and vocoder read."""
-    return digest({"stage": "audio", "ar": ar, "settings": _settings_fields(settings, DIFFUSION_FIELDS)})
+    return digest({"stage": "audio", "ar": ar, "settings": settings.diffusion_fields()})
 
 
 # ---------------------------------------------------------------- values
