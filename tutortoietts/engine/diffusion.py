@@ -1,0 +1,330 @@
+"""Tortoise's diffusion decoder (AR latents -> normalised mel), checkpoint-compatible, plus `sample_mel`.
+
+The network predicts epsilon and learned-range variance channels for a 100-band 24 kHz mel,
+conditioned on the autoregressive model's latents (stretched to the mel frame rate) and on a
+voice latent from reference clips. Everything that does not depend on the timestep lives in
+`timestep_independent` and runs once per clip; `forward` is the per-step network. Attribute
+names follow the reference's DiffusionTts so official checkpoints load with strict=True.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tutortoietts.engine import samplers
+from tutortoietts.errors import UserError
+
+# The normalised mel the decoder works in maps [-1, 1] onto this log-mel range (the reference's
+# TACOTRON_MEL_MIN / TACOTRON_MEL_MAX).
+MEL_LOG_MIN = -11.512925148010254
+MEL_LOG_MAX = 2.3143386840820312
+
+
+def group_count(channels: int) -> int:
+    """The reference's GroupNorm group count: 32, or 8/16 for narrow layers, halved until it divides."""
+    groups = 8 if channels <= 16 else 16 if channels <= 64 else 32
+    while channels % groups:
+        groups //= 2
+    return groups
+
+
+class GroupNormFP32(nn.GroupNorm):
+    """GroupNorm computed in fp32 whatever the weights' dtype: bf16 statistics over long mels drift."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+def group_norm(channels: int) -> GroupNormFP32:
+    return GroupNormFP32(group_count(channels), channels)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, [cos | sin] halves, fp32. (B,) -> (B, dim)"""
+    half = dim // 2
+    exponents = torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    freqs = torch.exp(-math.log(max_period) * exponents)  # (half,)
+    angles = timesteps.float()[:, None] * freqs[None, :]  # (B, half)
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    if dim % 2:
+        embedding = F.pad(embedding, (0, 1))
+    return embedding
+
+
+def relative_position_buckets(length: int, device, num_buckets: int = 32, max_distance: int = 64) -> torch.Tensor:
+    """T5-style bidirectional buckets of (query - key) offsets. -> (length, length) long
+
+    Half the buckets per direction: offsets below 8 get their own bucket, larger ones share
+    log-spaced buckets up to `max_distance`. The float expression mirrors the reference's so the
+    bucket edges (where truncation decides) fall in the same place.
+    """
+    positions = torch.arange(length, device=device)
+    offset = positions[:, None] - positions[None, :]  # (Tq, Tk): query minus key
+    per_direction = num_buckets // 2
+    exact = per_direction // 2
+    bucket = (offset < 0).long() * per_direction
+    distance = offset.abs()
+    log_part = torch.log(distance.clamp(min=1).float() / exact) / math.log(max_distance / exact)
+    far = (exact + (log_part * (per_direction - exact)).long()).clamp(max=per_direction - 1)
+    return bucket + torch.where(distance < exact, distance, far)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned per-head bias for each relative-position bucket, added to the attention logits."""
+
+    def __init__(self, heads: int, scale: float):
+        super().__init__()
+        self.scale = scale  # the reference multiplies the learned table by sqrt(head_dim)
+        self.relative_attention_bias = nn.Embedding(32, heads)
+
+    def forward(self, length: int, device) -> torch.Tensor:
+        table = self.relative_attention_bias(relative_position_buckets(length, device))  # (T, T, H)
+        return table.permute(2, 0, 1).unsqueeze(0) * self.scale  # (1, H, T, T)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm self-attention over time with relative-position bias and a residual connection."""
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv1d(channels, channels * 3, 1)
+        self.proj_out = nn.Conv1d(channels, channels, 1)
+        self.relative_pos_embeddings = RelativePositionBias(num_heads, scale=(channels // num_heads) ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, length = x.shape  # (B, C, T)
+        qkv = self.qkv(self.norm(x))  # (B, 3C, T)
+        # The checkpoint's qkv channels are grouped per head as [q | k | v], each head_dim wide.
+        head_dim = channels // self.num_heads
+        qkv = qkv.reshape(batch, self.num_heads, 3, head_dim, length).transpose(-1, -2)  # (B, H, 3, T, hd)
+        q, k, v = qkv.unbind(dim=2)  # (B, H, T, hd) each
+        bias = self.relative_pos_embeddings(length, x.device).to(q.dtype)  # (1, H, T, T)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, T, hd)
+        attended = attended.transpose(-1, -2).reshape(batch, channels, length)  # (B, C, T)
+        return x + self.proj_out(attended)
+
+
+class ResBlock(nn.Module):
+    """Norm-SiLU-conv(1) then a timestep-modulated norm (scale and shift) -SiLU-conv(3), residual."""
+
+    def __init__(self, channels: int, emb_channels: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(), nn.Conv1d(channels, channels, 1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * channels))
+        # Index 2 held dropout during training; an Identity keeps the checkpoint's index 3 for the conv.
+        self.out_layers = nn.Sequential(group_norm(channels), nn.SiLU(), nn.Identity(), nn.Conv1d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)  # (B, C, T)
+        scale, shift = self.emb_layers(time_emb).to(h.dtype).unsqueeze(-1).chunk(2, dim=1)  # (B, C, 1) each
+        norm, *rest = self.out_layers
+        h = norm(h) * (1 + scale) + shift
+        for layer in rest:
+            h = layer(h)
+        return x + h
+
+
+class DiffusionLayer(nn.Module):
+    """A timestep-conditioned ResBlock followed by self-attention."""
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        self.resblk = ResBlock(channels, channels)
+        self.attn = AttentionBlock(channels, num_heads)
+
+    def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.resblk(x, time_emb))
+
+
+class DiffusionDecoder(nn.Module):
+    """The reference's DiffusionTts at inference: same keywords, same state-dict keys and shapes."""
+
+    def __init__(
+        self,
+        model_channels: int = 512,
+        num_layers: int = 8,
+        in_channels: int = 100,  # mel bands
+        in_latent_channels: int = 512,  # width of the autoregressive latents
+        in_tokens: int = 8193,  # mel-code vocabulary, for conditioning on codes instead of latents
+        out_channels: int = 200,  # epsilon + learned-range variance, per band
+        num_heads: int = 16,
+        # Training-only keywords, accepted so reference configs construct us unchanged.
+        dropout: float = 0,
+        use_fp16: bool = False,
+        layer_drop: float = 0,
+        unconditioned_percentage: float = 0,
+    ):
+        super().__init__()
+        c = model_channels
+        self.model_channels = c
+        self.in_channels = in_channels
+
+        def attention_stack(count: int, channels: int) -> list[nn.Module]:
+            return [AttentionBlock(channels, num_heads) for _ in range(count)]
+
+        self.inp_block = nn.Conv1d(in_channels, c, 3, padding=1)
+        self.time_embed = nn.Sequential(nn.Linear(c, c), nn.SiLU(), nn.Linear(c, c))
+        # Two ways in for the aligned conditioning: mel codes (embedding) or AR latents (conv).
+        self.code_embedding = nn.Embedding(in_tokens, c)
+        self.code_converter = nn.Sequential(*attention_stack(3, c))
+        self.code_norm = group_norm(c)
+        self.latent_conditioner = nn.Sequential(nn.Conv1d(in_latent_channels, c, 3, padding=1), *attention_stack(4, c))
+        # The voice encoder: two stride-2 convs down to 2C channels, then attention; its time-mean
+        # is the voice latent, split later into a scale and a shift for the aligned embedding.
+        self.contextual_embedder = nn.Sequential(
+            nn.Conv1d(in_channels, c, 3, padding=1, stride=2),
+            nn.Conv1d(c, 2 * c, 3, padding=1, stride=2),
+            *attention_stack(5, 2 * c),
+        )
+        self.unconditioned_embedding = nn.Parameter(torch.randn(1, c, 1))  # stands in for everything when guidance drops conditioning
+        self.conditioning_timestep_integrator = nn.ModuleList([DiffusionLayer(c, num_heads) for _ in range(3)])
+        self.integrating_conv = nn.Conv1d(2 * c, c, 1)
+        self.mel_head = nn.Conv1d(c, in_channels, 3, padding=1)  # training-time auxiliary head; unused here
+        self.layers = nn.ModuleList([DiffusionLayer(c, num_heads) for _ in range(num_layers)] + [ResBlock(c, c) for _ in range(3)])
+        self.out = nn.Sequential(group_norm(c), nn.SiLU(), nn.Conv1d(c, out_channels, 3, padding=1))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inp_block.weight.dtype
+
+    def conditioning_latent(self, mels: torch.Tensor) -> torch.Tensor:
+        """Voice latent from reference mels. (B, clips, 100, S) or (B, 100, S) -> (B, 2C)"""
+        if mels.dim() == 3:
+            mels = mels.unsqueeze(1)
+        batch, clips, bands, frames = mels.shape
+        # All clips share one length, so encode them as one batch; the mean over (clips, time) equals
+        # the reference's mean over the clips' encodings concatenated in time.
+        encoded = self.contextual_embedder(mels.reshape(batch * clips, bands, frames).to(self.dtype))  # (B*clips, 2C, S/4)
+        return encoded.float().reshape(batch, clips, encoded.shape[1], -1).mean(dim=(1, 3))
+
+    def unconditioned(self, batch: int, length: int) -> torch.Tensor:
+        """The guidance branch's stand-in for the aligned embedding. -> (batch, C, length)"""
+        return self.unconditioned_embedding.expand(batch, -1, length)
+
+    def timestep_independent(
+        self, aligned: torch.Tensor, conditioning: torch.Tensor, out_len: int, conditioning_free: bool = False
+    ) -> torch.Tensor:
+        """The aligned embedding every step reuses. -> (B, C, out_len), or (2B, C, out_len) for guidance
+
+        `aligned` is AR latents (B, T, d_ar), float, or mel codes (B, T), long; `conditioning` is
+        the voice latent (1 or B, 2C). With `conditioning_free` the unconditioned embedding is
+        stacked after the conditioned one, so one `forward` on [x; x] runs both guidance branches.
+        """
+        conditioning = conditioning.to(self.dtype)
+        if aligned.is_floating_point():
+            code_emb = self.latent_conditioner(aligned.to(self.dtype).transpose(1, 2))  # (B, C, T)
+        else:
+            code_emb = self.code_converter(self.code_embedding(aligned).transpose(1, 2))  # (B, C, T)
+        scale, shift = conditioning.unsqueeze(-1).chunk(2, dim=1)  # (1|B, C, 1) each
+        code_emb = self.code_norm(code_emb) * (1 + scale) + shift
+        # Latents come at the AR code rate; nearest-neighbour stretch to the mel frame count.
+        code_emb = F.interpolate(code_emb, size=out_len, mode="nearest")  # (B, C, out_len)
+        if conditioning_free:
+            code_emb = torch.cat([code_emb, self.unconditioned(code_emb.shape[0], out_len).to(code_emb.dtype)])
+        return code_emb
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, precomputed: torch.Tensor) -> torch.Tensor:
+        """One network evaluation. x (B, 100, T) noisy mel, timesteps (B,), precomputed (B, C, T) -> (B, 200, T) fp32"""
+        time_emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(self.dtype))  # (B, C)
+        code_emb = precomputed.to(self.dtype)
+        for layer in self.conditioning_timestep_integrator:
+            code_emb = layer(code_emb, time_emb)  # (B, C, T)
+        h = self.inp_block(x.to(self.dtype))  # (B, C, T)
+        h = self.integrating_conv(torch.cat([h, code_emb], dim=1))  # (B, 2C, T) -> (B, C, T)
+        for layer in self.layers:
+            h = layer(h, time_emb)
+        return self.out(h).float()  # (B, 200, T)
+
+
+# --- sampling a mel -----------------------------------------------------------------------------
+
+
+def output_frames(latent_frames: int) -> int:
+    """Mel frames at 24 kHz for AR latents at 22.05 kHz codes (one code = 4 conditioning-mel frames)."""
+    return latent_frames * 4 * 24000 // 22050
+
+
+def denormalize_mel(mel: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] normalised mel -> log-mel the vocoder takes."""
+    return (mel + 1) / 2 * (MEL_LOG_MAX - MEL_LOG_MIN) + MEL_LOG_MIN
+
+
+@torch.inference_mode()
+def sample_mel(
+    net: DiffusionDecoder,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    *,
+    steps: int,
+    sampler: str,
+    cond_free: bool,
+    cond_free_k: float,
+    temperature: float,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Diffuse AR latents into a denormalised mel: the reference's `do_spectrogram_diffusion`. -> (n, 100, frames)
+
+    latents (n, T, d_ar); cond (1, 2C) voice latent. `noise` is the standard-normal x_T draw
+    (n, 100, frames); x_T = noise * temperature, as the reference draws randn * temperature. When
+    `noise` is None it is drawn from `generator` (else the global RNG), and so is DDPM's per-step
+    noise, in the reference's order: with the same seed, sampler="ddpm" reproduces the reference.
+    """
+    if sampler not in samplers.SAMPLER_NAMES:
+        raise UserError(f"unknown sampler {sampler!r} (expected one of {', '.join(samplers.SAMPLER_NAMES)})")
+    schedule = samplers.respaced_schedule(steps)
+    frames = output_frames(latents.shape[1])
+    shape = (latents.shape[0], net.in_channels, frames)
+    precomputed = net.timestep_independent(latents, cond, frames, conditioning_free=cond_free)
+    if noise is None:
+        noise = samplers.standard_normal(shape, generator, latents.device)
+    x_start = noise.float().to(latents.device) * temperature
+
+    def network_call(x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return net(x, timesteps, precomputed)
+
+    model_fn = samplers.guided_model(network_call, schedule, cond_free=cond_free, cond_free_k=cond_free_k)
+    mel = samplers.run_sampler(sampler, model_fn, schedule, x_start, generator=generator, progress=progress)
+    return denormalize_mel(mel)[:, :, :frames]
+
+
+def sampler_fidelity(
+    net: DiffusionDecoder,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    candidates: dict[str, tuple[str, int]],
+    *,
+    reference: tuple[str, int] = ("ddim", 200),
+    cond_free: bool = True,
+    cond_free_k: float = 2.0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How far each (sampler, steps) candidate lands from a many-step deterministic mel, same x_T.
+
+    Returns the RMS log-mel difference per candidate name. The reference run (default 200-step
+    DDIM, the probability-flow solution the fast samplers approximate) and every candidate start
+    from one seeded draw; DDPM candidates take their per-step noise from the same seed too. Used by
+    the tests on a tiny net and by `bench` at full size.
+    """
+    frames = output_frames(latents.shape[1])
+    noise = torch.randn((latents.shape[0], net.in_channels, frames), generator=torch.Generator().manual_seed(seed))
+
+    def run(sampler: str, steps: int) -> torch.Tensor:
+        generator = torch.Generator(device=latents.device).manual_seed(seed + 1)
+        return sample_mel(
+            net, latents, cond, steps=steps, sampler=sampler, cond_free=cond_free, cond_free_k=cond_free_k,
+            temperature=1.0, noise=noise, generator=generator,
+        )
+
+    target = run(*reference)
+    return {name: (run(*candidate) - target).pow(2).mean().sqrt().item() for name, candidate in candidates.items()}

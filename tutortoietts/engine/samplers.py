@@ -1,0 +1,309 @@
+"""Samplers on Tortoise's discrete noise schedule: DDPM (the reference's), DDIM and DPM-Solver++(2M).
+
+Nothing here touches a network. A sampler sees one function, `model_fn(x, i) -> Prediction`,
+where `i` indexes the respaced schedule (0 = least noisy, N-1 = pure noise). `guided_model`
+builds such a function from a batched network call and owns conditioning-free guidance, so
+every sampler gets the same blended prediction the reference's `p_mean_variance` computes.
+
+Conventions (Ho et al. 2020; Lu et al. 2022, arXiv:2211.01095): x_t = alpha_t x_0 + sigma_t eps
+with alpha_t = sqrt(alphabar_t), sigma_t = sqrt(1 - alphabar_t), lambda_t = log(alpha_t / sigma_t).
+Schedules are float64 numpy (as the reference keeps them); tensors are stepped in fp32 whatever
+dtype the network runs in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+
+from tutortoietts.errors import UserError
+
+TRAINED_STEPS = 4000  # the diffusion decoder was trained on a 4000-step linear schedule
+
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
+
+
+class Prediction(NamedTuple):
+    """What the network says at one step: epsilon, and the learned-range variance channels (or None)."""
+
+    eps: torch.Tensor  # (B, C, T) fp32
+    var_values: torch.Tensor | None  # (B, C, T) in [-1, 1]: 0 -> posterior variance, 1 -> beta
+
+
+ModelFn = Callable[[torch.Tensor, int], Prediction]
+Progress = Callable[[int, int], None]  # (steps done, total steps)
+
+
+# --- the noise schedule ---------------------------------------------------------------------
+
+
+def linear_betas(trained_steps: int = TRAINED_STEPS) -> np.ndarray:
+    """Ho et al.'s linear beta schedule (1e-4 .. 0.02 over 1000 steps), stretched to `trained_steps`."""
+    stretch = 1000 / trained_steps
+    return np.linspace(stretch * 1e-4, stretch * 0.02, trained_steps, dtype=np.float64)
+
+
+def spaced_timesteps(trained_steps: int, count: int) -> list[int]:
+    """`count` trained timesteps spread evenly over [0, trained_steps - 1], first and last included.
+
+    The running float sum and Python's round() (ties to even) are kept on purpose: they decide
+    which timesteps the reference's `space_timesteps(n, [count])` picks, and we must pick the same.
+    """
+    if not 1 <= count <= trained_steps:
+        raise UserError(f"diffusion steps must be between 1 and {trained_steps}, got {count}")
+    stride = 1.0 if count == 1 else (trained_steps - 1) / (count - 1)
+    picked, position = [], 0.0
+    for _ in range(count):
+        picked.append(round(position))
+        position += stride
+    return sorted(set(picked))
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A respaced diffusion process: the kept trained timesteps and their cumulative alphas (float64)."""
+
+    timesteps: np.ndarray  # (N,) int64, increasing: the trained timestep the network sees at index i
+    alphas_cumprod: np.ndarray  # (N,) float64
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    @cached_property
+    def alphas_cumprod_prev(self) -> np.ndarray:
+        return np.append(1.0, self.alphas_cumprod[:-1])
+
+    @cached_property
+    def betas(self) -> np.ndarray:
+        """The respaced process's own betas: one step of it jumps between two kept timesteps."""
+        return 1.0 - self.alphas_cumprod / self.alphas_cumprod_prev
+
+    @cached_property
+    def posterior_variance(self) -> np.ndarray:
+        """Variance of q(x_{i-1} | x_i, x_0) (Ho et al. eq. 7)."""
+        return self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+
+    @cached_property
+    def posterior_log_variance_clipped(self) -> np.ndarray:
+        # The posterior variance is 0 at i = 0; its log takes the i = 1 value there instead.
+        variance = self.posterior_variance
+        return np.log(np.append(variance[1] if len(variance) > 1 else self.betas[0], variance[1:]))
+
+    def alpha(self, i: int) -> float:
+        return math.sqrt(self.alphas_cumprod[i])
+
+    def sigma(self, i: int) -> float:
+        return math.sqrt(1.0 - self.alphas_cumprod[i])
+
+    def log_snr(self, i: int) -> float:
+        """lambda_i = log(alpha_i / sigma_i), the half log signal-to-noise ratio DPM-Solver steps in."""
+        return math.log(self.alpha(i)) - math.log(self.sigma(i))
+
+
+def respaced_schedule(steps: int, trained_steps: int = TRAINED_STEPS) -> Schedule:
+    """The `steps`-step process the reference's SpacedDiffusion builds from the linear schedule."""
+    if not 2 <= steps <= trained_steps:
+        raise UserError(f"diffusion steps must be between 2 and {trained_steps}, got {steps}")
+    kept = spaced_timesteps(trained_steps, steps)
+    trained_cumprod = np.cumprod(1.0 - linear_betas(trained_steps))
+    # The reference re-derives betas between kept steps and takes their cumprod again; doing the
+    # same keeps our float64 alphas bit-identical to its.
+    kept_cumprod = trained_cumprod[kept]
+    betas = 1.0 - kept_cumprod / np.append(1.0, kept_cumprod[:-1])
+    return Schedule(timesteps=np.asarray(kept, dtype=np.int64), alphas_cumprod=np.cumprod(1.0 - betas))
+
+
+# --- guidance: one batched network call -> one prediction -----------------------------------
+
+
+def guidance_strength(cond_free_k: float, i: int, num_steps: int) -> float:
+    """The reference's ramp: no guidance at pure noise, full `cond_free_k` at the last step."""
+    return cond_free_k * (1.0 - i / num_steps)
+
+
+def guided_model(
+    network_call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: Schedule,
+    *,
+    cond_free: bool,
+    cond_free_k: float,
+) -> ModelFn:
+    """Wrap `network_call(x, timesteps) -> [B, 2C, T]` as a sampler's `model_fn(x, i)`.
+
+    With `cond_free`, the network is called once on [x; x] (its conditioned and unconditioned
+    embeddings stacked in the same order, see DiffusionDecoder.timestep_independent) and epsilon
+    is blended as eps = (1 + k) eps_cond - k eps_uncond, k ramped by `guidance_strength`. The
+    variance channels come from the conditioned half only, as in the reference.
+    """
+
+    def model_fn(x: torch.Tensor, i: int) -> Prediction:
+        batch, channels = x.shape[:2]
+        copies = 2 if cond_free else 1
+        timesteps = torch.full((batch * copies,), int(schedule.timesteps[i]), dtype=torch.long, device=x.device)
+        out = network_call(torch.cat([x] * copies), timesteps).float()  # (copies*B, 2C, T)
+        eps, var_values = out[:batch, :channels], out[:batch, channels:]
+        if cond_free:
+            k = guidance_strength(cond_free_k, i, schedule.num_steps)
+            eps = (1.0 + k) * eps - k * out[batch:, :channels]
+        return Prediction(eps, var_values if var_values.shape[1] else None)
+
+    return model_fn
+
+
+# --- conversions and single steps ------------------------------------------------------------
+
+
+def predict_x0(schedule: Schedule, x: torch.Tensor, i: int, eps: torch.Tensor, clip: bool) -> torch.Tensor:
+    """x_0 = (x_i - sigma_i eps) / alpha_i, clamped to the normalised mel range [-1, 1] when `clip`."""
+    ab = schedule.alphas_cumprod[i]
+    x0 = math.sqrt(1.0 / ab) * x - math.sqrt(1.0 / ab - 1.0) * eps
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
+def ddpm_step(schedule: Schedule, x: torch.Tensor, i: int, pred: Prediction, noise: torch.Tensor, clip: bool) -> torch.Tensor:
+    """One ancestral step x_i -> x_{i-1}: the posterior mean given x_0, plus the learned-range variance.
+
+    Ho et al. eq. 7 for the mean; Nichol & Dhariwal (2021) eq. 15 for the variance, interpolated in
+    log space between the posterior variance and beta_i. No noise is added on the final step.
+    """
+    x0 = predict_x0(schedule, x, i, pred.eps, clip)
+    ab, ab_prev, beta = schedule.alphas_cumprod[i], schedule.alphas_cumprod_prev[i], schedule.betas[i]
+    mean = (beta * math.sqrt(ab_prev) / (1.0 - ab)) * x0 + ((1.0 - ab_prev) * math.sqrt(1.0 - beta) / (1.0 - ab)) * x
+    if i == 0:
+        return mean
+    small_log = float(schedule.posterior_log_variance_clipped[i])
+    if pred.var_values is None:
+        log_variance = torch.full_like(x, small_log)
+    else:
+        frac = (pred.var_values + 1.0) / 2.0
+        log_variance = frac * math.log(beta) + (1.0 - frac) * small_log
+    return mean + torch.exp(0.5 * log_variance) * noise
+
+
+def first_order_step(schedule: Schedule, x: torch.Tensor, i: int, x0: torch.Tensor) -> torch.Tensor:
+    """DDIM (eta = 0) = DPM-Solver++(1), Lu et al. 2022 eq. 9: x_s = (sigma_s/sigma_i) x_i - alpha_s (e^-h - 1) x_0.
+
+    At i = 0 the target is the clean signal (sigma = 0, alpha = 1), where the update is x_0 itself.
+    """
+    if i == 0:
+        return x0
+    s = i - 1
+    h = schedule.log_snr(s) - schedule.log_snr(i)
+    return (schedule.sigma(s) / schedule.sigma(i)) * x + (schedule.alpha(s) * -math.expm1(-h)) * x0
+
+
+def second_order_step(
+    schedule: Schedule, x: torch.Tensor, i: int, x0: torch.Tensor, x0_before: torch.Tensor, i_before: int
+) -> torch.Tensor:
+    """DPM-Solver++(2M), Lu et al. 2022 Algorithm 2: the first-order update with x_0 replaced by
+
+    D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i_before},  r = h_before / h,
+    a backward difference over the previous step's data prediction (no extra network call).
+    """
+    s = i - 1
+    h = schedule.log_snr(s) - schedule.log_snr(i)
+    h_before = schedule.log_snr(i) - schedule.log_snr(i_before)
+    half_inv_r = h / (2.0 * h_before)
+    blended = (1.0 + half_inv_r) * x0 - half_inv_r * x0_before
+    return first_order_step(schedule, x, i, blended)
+
+
+# --- whole sampling loops ---------------------------------------------------------------------
+
+
+def standard_normal(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """A float32 N(0, 1) draw from `generator` (or the global RNG), placed on `device`."""
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
+
+
+def ddpm_sample(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    clip: bool = True,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """The reference's p_sample_loop: N ancestral steps from x (= x_T) to x_0.
+
+    One fresh normal draw per step, after the network call and also on the last step (where it is
+    unused), so that with the same seed we consume the RNG exactly as the reference does.
+    """
+    x = x.float()
+    for done, i in enumerate(reversed(range(schedule.num_steps)), start=1):
+        pred = model_fn(x, i)
+        noise = standard_normal(x.shape, generator, x.device)
+        x = ddpm_step(schedule, x, i, pred, noise, clip)
+        if progress:
+            progress(done, schedule.num_steps)
+    return x
+
+
+def ddim_sample(
+    model_fn: ModelFn, schedule: Schedule, x: torch.Tensor, *, clip: bool = True, progress: Progress | None = None
+) -> torch.Tensor:
+    """The reference's ddim_sample_loop with eta = 0: deterministic, N network calls."""
+    x = x.float()
+    for done, i in enumerate(reversed(range(schedule.num_steps)), start=1):
+        x0 = predict_x0(schedule, x, i, model_fn(x, i).eps, clip)
+        x = first_order_step(schedule, x, i, x0)
+        if progress:
+            progress(done, schedule.num_steps)
+    return x
+
+
+def dpmpp_2m_sample(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x: torch.Tensor,
+    *,
+    clip: bool = True,
+    order: int = 2,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the respaced timesteps, N network calls.
+
+    Data prediction with the same clamp the reference applies to x_0 (the paper's thresholding).
+    The first step has no history and the last one lands on sigma = 0, where the second-order
+    correction is undefined (h = inf), so both are first order. `order=1` makes it DDIM.
+    """
+    x = x.float()
+    x0_before, i_before = None, None
+    for done, i in enumerate(reversed(range(schedule.num_steps)), start=1):
+        x0 = predict_x0(schedule, x, i, model_fn(x, i).eps, clip)
+        if order == 1 or x0_before is None or i == 0:
+            x = first_order_step(schedule, x, i, x0)
+        else:
+            x = second_order_step(schedule, x, i, x0, x0_before, i_before)
+        x0_before, i_before = x0, i
+        if progress:
+            progress(done, schedule.num_steps)
+    return x
+
+
+def run_sampler(
+    name: str,
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    clip: bool = True,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Dispatch on Settings.sampler: "ddpm" (reference), "ddim" or "dpmpp2m"."""
+    if name == "ddpm":
+        return ddpm_sample(model_fn, schedule, x, generator=generator, clip=clip, progress=progress)
+    if name == "ddim":
+        return ddim_sample(model_fn, schedule, x, clip=clip, progress=progress)
+    if name == "dpmpp2m":
+        return dpmpp_2m_sample(model_fn, schedule, x, clip=clip, progress=progress)
+    raise UserError(f"unknown sampler {name!r} (expected one of {', '.join(SAMPLER_NAMES)})")
