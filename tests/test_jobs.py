@@ -15,7 +15,7 @@ from tutortoietts.jobs import Job, PlannedChunk, chunk_seed, read_job_summary
 
 def plan_of(texts, job_seed=1):
     # Keys stand in for real cache keys: one per text, like the audio key of an unchanged chunk.
-    return [PlannedChunk(0, i, "One", t, 0.5, chunk_seed(job_seed, t), f"key-{t}") for i, t in enumerate(texts)]
+    return [PlannedChunk(0, i, "One", t, "paragraph", chunk_seed(job_seed, t), f"key-{t}") for i, t in enumerate(texts)]
 
 
 def prepare(job, plan, **kw):

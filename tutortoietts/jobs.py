@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sqlite3
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     idx INTEGER NOT NULL,
     chapter_title TEXT NOT NULL,
     text TEXT NOT NULL,
-    pause_after REAL NOT NULL,
+    pause_after TEXT NOT NULL,  -- "sentence" | "paragraph" | "chapter" (stitch turns it into silence)
     seed INTEGER NOT NULL,
     cache_key TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending',
@@ -66,6 +67,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def float_wav_bytes(samples, sample_rate: int) -> bytes:
+    """A mono 32-bit float WAV, written by hand: libsndfile adds a timestamped PEAK chunk, which
+    would make identical audio give different checksums. Float, so nothing is quantised before
+    stitch normalises loudness."""
+    import numpy as np
+
+    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, sample_rate, sample_rate * 4, 4, 32)  # 3 = WAVE_FORMAT_IEEE_FLOAT
+    # A non-PCM format wants a "fact" chunk holding the sample count.
+    fact = struct.pack("<I", len(data) // 4)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<I", 4) + fact
+    body += b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
 def default_job_dir(book_path: Path) -> Path:
     return Path.cwd() / f"{Path(book_path).stem}-audiobook"
 
@@ -78,7 +94,7 @@ class PlannedChunk:
     index: int
     chapter_title: str
     text: str
-    pause_after: float
+    pause_after: str
     seed: int
     cache_key: str
 
@@ -89,7 +105,7 @@ class ChunkRow:
     index: int
     chapter_title: str
     text: str
-    pause_after: float
+    pause_after: str
     seed: int
     cache_key: str
     status: str
@@ -301,14 +317,12 @@ class Job:
     def write_chunk(self, row: ChunkRow, samples, sample_rate: int, seconds: float) -> Path:
         """Write audio durably, then mark the row done: tmp file, fsync, rename, fsync dir, commit."""
         import numpy as np
-        import soundfile
 
         target = self.chunk_path(row.chapter, row.index)
         temporary = target.with_name(target.name + ".tmp")
         data = np.asarray(samples.detach().float().cpu().numpy() if hasattr(samples, "detach") else samples, dtype=np.float32)
-        # float WAV: no quantisation before loudness normalisation in stitch.
         with open(temporary, "wb") as handle:
-            soundfile.write(handle, data, sample_rate, subtype="FLOAT", format="WAV")
+            handle.write(float_wav_bytes(data, sample_rate))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)

@@ -1,0 +1,318 @@
+"""The render loop: plan chunks, take each from job state, cache or engine, then stitch the book."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tutortoietts.cache import ARResult, Cache, ar_key, audio_key, voice_key
+from tutortoietts.errors import UserError
+from tutortoietts.jobs import ChunkRow, Job, PlannedChunk, chunk_seed, default_job_dir
+from tutortoietts.voices import Voice, find_voice, load_voice_clips, voice_fingerprint
+
+FORMATS = ("m4b", "mp3", "wav")
+
+
+class RenderFailed(UserError):
+    """Some chunks raised; every other chunk is saved and the next run retries only these."""
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """Everything `generate` was asked for, before anything is resolved."""
+
+    book: Path
+    voice: str
+    preset: str = "standard_v2"
+    overrides: dict = field(default_factory=dict)
+    out_dir: Path | None = None
+    fmt: str = "m4b"
+    models_dir: Path | None = None
+    device: str = "auto"
+    precision: str | None = None
+    seed: int = 0
+    title: str | None = None
+    author: str | None = None
+    force: bool = False
+    cache_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One finished chunk (kind "chunk"), or the start / end of the loop, for a progress display."""
+
+    kind: str  # "start" | "chunk" | "stitch" | "end"
+    done: int  # chunks finished so far, this run's and earlier runs'
+    total: int
+    chapter_title: str = ""
+    chunk_name: str = ""  # "<chapter>-<index>"
+    source: str = ""  # "rendered" | "ar-cache" | "audio-cache" | "failed"
+    audio_seconds: float = 0.0  # audio produced by this run so far
+    wall_seconds: float = 0.0
+    eta_seconds: float | None = None
+
+    @property
+    def real_time_factor(self) -> float | None:
+        """Compute seconds per second of audio (below 1 is faster than real time)."""
+        return self.wall_seconds / self.audio_seconds if self.audio_seconds > 0 else None
+
+
+@dataclass
+class RenderSummary:
+    job_dir: Path
+    outputs: list[Path]
+    total: int
+    rendered: int  # chunks the engine computed (whole or from cached AR results)
+    from_ar_cache: int
+    from_audio_cache: int
+    already_done: int  # chunks the job folder already had
+    audio_seconds: float  # the whole book's chunk audio (pauses not counted)
+    wall_seconds: float
+    engine_loaded: bool
+
+    @property
+    def real_time_factor(self) -> float | None:
+        return self.wall_seconds / self.audio_seconds if self.audio_seconds > 0 else None
+
+
+@dataclass
+class Plan:
+    """A request resolved: the book, its settings and voice, and every chunk with its key and seed."""
+
+    book_path: Path
+    book_hash: str
+    book: object
+    settings: object
+    voice: Voice
+    voice_fp: str
+    models_dir: Path
+    weights_fp: str
+    job_dir: Path
+    chunks: list[PlannedChunk]
+    ar_keys: dict[str, str]  # audio key -> AR key
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def resolve_weights(models_dir: Path | None) -> tuple[Path, str]:
+    """The checkpoint folder and its fingerprint (missing weights are a UserError from checkpoints)."""
+    from tutortoietts.engine.checkpoints import find_models_dir, weights_fingerprint
+
+    directory = find_models_dir(models_dir)
+    return directory, weights_fingerprint(directory)
+
+
+def plan_render(request: RenderRequest) -> Plan:
+    """Everything that needs no network weights: cheap, and every user mistake surfaces here."""
+    from tutortoietts.chunking import ChunkLimits, chunk_book
+    from tutortoietts.manuscript import read_book
+    from tutortoietts.settings import load_preset
+
+    if request.fmt not in FORMATS:
+        raise UserError(f"unknown --format {request.fmt!r}: use one of {', '.join(FORMATS)}")
+    book = read_book(request.book)
+    overrides = dict(request.overrides)
+    if request.precision is not None:
+        overrides["precision"] = request.precision
+    settings = load_preset(request.preset, **overrides)
+    voice = find_voice(request.voice)
+    voice_fp = voice_fingerprint(voice, request.seed)
+    models_dir, weights_fp = resolve_weights(request.models_dir)
+    # Chunks are sized for the generation length this run asks for.
+    chunks = chunk_book(book, ChunkLimits(max_mel_tokens=settings.max_mel_tokens))
+    if not chunks:
+        raise UserError(f"manuscript has no text to read: {request.book}")
+    planned, ar_keys = [], {}
+    for chunk in chunks:
+        seed = chunk_seed(request.seed, chunk.text)
+        ar = ar_key(chunk.text, voice_fp, settings, seed, weights_fp)
+        key = audio_key(ar, settings)
+        ar_keys[key] = ar
+        title = book.chapters[chunk.chapter].title
+        planned.append(PlannedChunk(chunk.chapter, chunk.index, title, chunk.text, chunk.pause_after, seed, key))
+    job_dir = Path(request.out_dir) if request.out_dir is not None else default_job_dir(request.book)
+    return Plan(Path(request.book), file_hash(request.book), book, settings, voice, voice_fp, models_dir, weights_fp,
+                job_dir, planned, ar_keys)
+
+
+# ---------------------------------------------------------------- engine stages
+
+
+class LazyEngine:
+    """Loads the networks on first use: a run whose chunks are all done or cached never loads them."""
+
+    def __init__(self, plan: Plan, request: RenderRequest, cache: Cache, loader: Callable | None = None):
+        self.plan, self.request, self.cache = plan, request, cache
+        self._loader = loader
+        self._tts = None
+        self._voice = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._tts is not None
+
+    def tts(self):
+        if self._tts is None:
+            loader = self._loader
+            if loader is None:
+                from tutortoietts.engine.pipeline import Tortoise
+
+                loader = Tortoise.load
+            self._tts = loader(self.plan.models_dir, self.request.device, self.plan.settings.precision)
+        return self._tts
+
+    def voice_latents(self):
+        """The voice's conditioning latents, from the cache when this voice met these weights before."""
+        if self._voice is not None:
+            return self._voice
+        tts = self.tts()
+        if self.plan.voice.is_random:
+            self._voice = tts.random_voice(self.request.seed)  # cheap: one small generator forward
+            return self._voice
+        from tutortoietts.engine.pipeline import VoiceLatents
+
+        key = voice_key(self.plan.voice_fp, self.plan.weights_fp)
+        cached = self.cache.get_voice_latents(key)
+        if cached is not None:
+            self._voice = VoiceLatents(cached["autoregressive"], cached["diffusion"])
+        else:
+            self._voice = tts.voice_latents(load_voice_clips(self.plan.voice))
+            self.cache.put_voice_latents(key, self._voice.autoregressive, self._voice.diffusion, self.plan.weights_fp)
+        return self._voice
+
+
+def autoregressive_stage(tts, text: str, voice, settings, seed: int) -> ARResult:
+    """Codes for every candidate, CLVP scores, and the best candidate's latents (what diffusion needs)."""
+    text_ids = tts.tokenize(text)
+    codes = tts.sample_codes(text_ids, voice, settings, seed)  # (n, T)
+    scores = tts.rerank(text_ids, codes)  # (n,)
+    chosen = int(scores.argmax())
+    latents = tts.code_latents(text_ids, codes[chosen : chosen + 1], voice)  # (1, T', d)
+    return ARResult(codes=codes.cpu(), scores=scores.float().cpu(), chosen=chosen, latents=latents.float().cpu())
+
+
+def audio_stage(tts, result: ARResult, voice, settings, seed: int):
+    """Diffusion then vocoder on (maybe cached) latents: (samples (n,), sample_rate)."""
+    mel = tts.diffuse(result.latents, voice, settings, seed=seed)
+    wave = tts.vocode(mel)
+    return wave.reshape(-1).float().cpu(), tts.sample_rate
+
+
+def render_chunk(engine: LazyEngine, cache: Cache, plan: Plan, row: ChunkRow):
+    """(samples, sample_rate, source): audio cache, else AR cache + diffusion, else every stage."""
+    cached = cache.get_audio(row.cache_key)
+    if cached is not None:
+        return cached[0], cached[1], "audio-cache"
+    tts = engine.tts()
+    voice = engine.voice_latents()
+    ar = plan.ar_keys.get(row.cache_key)
+    result = cache.get_ar(ar) if ar is not None else None
+    source = "ar-cache"
+    if result is None:
+        source = "rendered"
+        result = autoregressive_stage(tts, row.text, voice, plan.settings, row.seed)
+        if ar is not None:
+            cache.put_ar(ar, result, plan.weights_fp)
+    samples, rate = audio_stage(tts, result, voice, plan.settings, row.seed)
+    cache.put_audio(row.cache_key, samples, rate, plan.weights_fp)
+    return samples, rate, source
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _emit(progress, event: ProgressEvent) -> None:
+    if progress is not None:
+        progress(event)
+
+
+def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None] | None = None,
+                engine_loader: Callable | None = None) -> RenderSummary:
+    """Render every pending chunk, then stitch and export; failures end in RenderFailed after the rest is saved."""
+    started = time.perf_counter()
+    plan = plan_render(request)
+    if request.fmt != "wav":
+        from tutortoietts.stitch import require_ffmpeg
+
+        require_ffmpeg()  # before hours of rendering, not after
+    cache = Cache(request.cache_dir)
+    counts = {"rendered": 0, "ar-cache": 0, "audio-cache": 0, "failed": 0}
+    with cache, Job.open(plan.job_dir) as job:
+        state = job.prepare(
+            book_path=plan.book_path.resolve(), book_hash=plan.book_hash, voice=f"{plan.voice.source}:{plan.voice.name}",
+            preset=request.preset, settings=plan.settings.to_dict(), seed=request.seed, plan=plan.chunks,
+            force=request.force,
+        )
+        engine = LazyEngine(plan, request, cache, engine_loader)
+        pending = job.rows("pending")
+        total = len(plan.chunks)
+        done = total - len(pending)
+        already_done = done
+        audio_seconds = 0.0
+        loop_start = time.perf_counter()
+        _emit(progress, ProgressEvent("start", done, total))
+        failures: list[tuple[ChunkRow, str]] = []
+        for position, row in enumerate(pending):
+            chunk_start = time.perf_counter()
+            try:
+                samples, rate, source = render_chunk(engine, cache, plan, row)
+                job.write_chunk(row, samples, rate, time.perf_counter() - chunk_start)
+                audio_seconds += samples.numel() / rate
+            except (UserError, OSError):
+                raise  # bad voice clips, missing weights, a full disk: every chunk would fail alike, stop now
+            except Exception as error:  # one chunk's bug or numerical failure: keep going with the rest
+                message = f"{type(error).__name__}: {error}"
+                job.mark_failed(row, message, time.perf_counter() - chunk_start)
+                failures.append((row, message))
+                source = "failed"
+            counts[source] += 1
+            done += 1
+            elapsed = time.perf_counter() - loop_start
+            remaining = len(pending) - position - 1
+            _emit(progress, ProgressEvent(
+                "chunk", done, total, row.chapter_title, row.name, source, audio_seconds, elapsed,
+                eta_seconds=elapsed / (position + 1) * remaining,
+            ))
+        if failures:
+            names = ", ".join(f"{row.name} ({message})" for row, message in failures[:5])
+            more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
+            raise RenderFailed(
+                f"{len(failures)} of {total} chunks failed: {names}{more}; the other chunks are saved in "
+                f"{plan.job_dir}, run the same command again to retry the failed ones"
+            )
+        _emit(progress, ProgressEvent("stitch", done, total, audio_seconds=audio_seconds,
+                                      wall_seconds=time.perf_counter() - loop_start))
+        outputs = stitch_job(job, plan, request)
+        job.mark_finished()
+        book_audio = sum(row.duration or 0.0 for row in job.rows("done"))
+    wall = time.perf_counter() - started
+    _emit(progress, ProgressEvent("end", total, total, audio_seconds=audio_seconds, wall_seconds=wall))
+    return RenderSummary(
+        job_dir=plan.job_dir, outputs=outputs, total=total,
+        rendered=counts["rendered"] + counts["ar-cache"], from_ar_cache=counts["ar-cache"],
+        from_audio_cache=counts["audio-cache"], already_done=already_done, audio_seconds=book_audio,
+        wall_seconds=wall, engine_loaded=engine.loaded,
+    )
+
+
+def stitch_job(job: Job, plan: Plan, request: RenderRequest) -> list[Path]:
+    """Chapters from the job's chunk files (with their pauses), loudness-matched, exported."""
+    from tutortoietts.stitch import Segment, assemble_chapter, export_book, normalise_loudness
+
+    chapters: dict[int, list] = {}
+    titles: dict[int, str] = {}
+    for row in job.rows():
+        chapters.setdefault(row.chapter, []).append(Segment(job.directory / row.audio_path, row.pause_after))
+        titles[row.chapter] = row.chapter_title
+    assembled = []
+    for number, chapter in enumerate(sorted(chapters)):
+        samples = normalise_loudness(assemble_chapter(chapters[chapter]))
+        assembled.append((titles[chapter] or f"Chapter {number + 1}", samples))
+    title = request.title or getattr(plan.book, "title", "") or plan.book_path.stem
+    outputs = export_book(chapters=assembled, out_dir=job.directory, fmt=request.fmt, title=title, author=request.author)
+    return [Path(p) for p in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
