@@ -1,0 +1,270 @@
+"""Manuscript reading: a .txt or .md file -> Book(title, chapters -> paragraphs of plain text)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from tutortoietts.errors import UserError
+
+TEXT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md"}
+
+# Words a chapter-like heading may be numbered with: digits, roman numerals or English words.
+NUMBER_WORDS = (
+    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
+    "hundred first second third fourth fifth sixth seventh eighth ninth tenth last final"
+)
+_NUMBER = rf"(?:\d+|[ivxlcdm]+|(?:(?:{'|'.join(NUMBER_WORDS.split())})[\s-]*)+)"
+# "Chapter 12", "CHAPTER XII.", "Chapter Twelve: The Storm", "Part One", "Book 2 - Home",
+# "Prologue", "Epilogue: After". Case-insensitive; the optional title follows ': ', '. ' or a dash.
+CHAPTER_LINE = re.compile(
+    rf"^(?P<label>(?:chapter|part|book|volume)\s+{_NUMBER}|prologue|epilogue|preface|introduction|foreword|afterword)"
+    r"\s*(?:(?:[.:]|\s[-\u2013\u2014]|[\u2013\u2014])\s*(?P<title>.*?))?\s*\.?$",
+    re.IGNORECASE,
+)
+ATX_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+SETEXT_UNDERLINE = re.compile(r"^(=+|-+)\s*$")
+HORIZONTAL_RULE = re.compile(r"^\s*(?:(?:\*\s*){3,}|(?:-\s*){3,}|(?:_\s*){3,})$")
+LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+FENCE = re.compile(r"^\s*(```|~~~)")
+
+# Characters that only disturb parsing: zero-width marks, soft hyphens, the BOM inside a text.
+INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+# Every unicode space (no-break, thin, ideographic...) reads as a plain space.
+UNICODE_SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+
+
+@dataclass(frozen=True)
+class Chapter:
+    title: str  # "" for the untitled opening text before the first heading
+    paragraphs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Book:
+    title: str
+    chapters: tuple[Chapter, ...]
+
+
+def read_book(path: Path) -> Book:
+    """Read a manuscript file; every problem a user can fix is a UserError with one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"manuscript not found: {path}")
+    if path.is_dir():
+        raise UserError(f"manuscript is a directory, not a file: {path}")
+    kind = TEXT_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        supported = ", ".join(sorted(TEXT_SUFFIXES))
+        raise UserError(f"unsupported manuscript type '{path.suffix or path.name}': use one of {supported}")
+    text = decode_text(path.read_bytes(), path)
+    return parse_text(text, kind, fallback_title=path.stem)
+
+
+def decode_text(raw: bytes, path: Path) -> str:
+    """UTF-8 (with or without BOM) or BOM-marked UTF-16; anything else is not a manuscript."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise UserError(f"manuscript is not valid UTF-16 text: {path}") from None
+    if b"\x00" in raw:
+        raise UserError(f"manuscript looks binary (it contains NUL bytes), not text: {path}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"manuscript is not UTF-8 text (undecodable byte at offset {error.start}): {path}; re-save it as UTF-8"
+        ) from None
+
+
+def parse_text(text: str, kind: str, fallback_title: str) -> Book:
+    """Split a manuscript text into chapters and paragraphs; kind is "txt" or "md"."""
+    if kind not in ("txt", "md"):
+        raise ValueError(f"kind must be 'txt' or 'md', not {kind!r}")
+    lines = tidy_text(text).split("\n")
+    blocks = markdown_blocks(lines) if kind == "md" else text_blocks(lines)
+    book_title = fallback_title
+    if kind == "md":
+        book_title, blocks = take_book_title(blocks, fallback_title)
+    chapters = group_chapters(blocks)
+    if not chapters:
+        raise UserError(f"manuscript is empty: no text to read in '{fallback_title}'")
+    return Book(title=book_title, chapters=tuple(chapters))
+
+
+def tidy_text(text: str) -> str:
+    """Line endings, invisible characters and exotic spaces made plain; letters untouched."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = unicodedata.normalize("NFC", text).translate(INVISIBLE)
+    text = UNICODE_SPACES.sub(" ", text)
+    # Tabs and other control characters (form feeds in old e-texts) are whitespace to us.
+    return "".join(" " if (char != "\n" and unicodedata.category(char) == "Cc") else char for char in text)
+
+
+# A block is ("heading", level, text) or ("para", 0, text); level 0 marks a chapter-pattern line.
+
+
+def text_blocks(lines: list[str]) -> list[tuple[str, int, str]]:
+    """Plain text: blank lines separate paragraphs, a chapter-pattern line is a heading."""
+    blocks = []
+    for group in blank_separated(lines):
+        blocks.extend(split_heading_lines(group))
+    return blocks
+
+
+def blank_separated(lines: list[str]) -> list[list[str]]:
+    groups, current = [], []
+    for line in lines:
+        if line.strip():
+            current.append(line.strip())
+        elif current:
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
+
+
+def split_heading_lines(group: list[str]) -> list[tuple[str, int, str]]:
+    """A chapter line may sit in the same block as its text; hard-wrapped lines join with spaces."""
+    blocks, body = [], []
+    for line in group:
+        if CHAPTER_LINE.match(line):
+            if body:
+                blocks.append(("para", 0, " ".join(body)))
+                body = []
+            blocks.append(("heading", 0, heading_title(line)))
+        elif blocks and blocks[-1][0] == "heading" and not body and looks_like_subtitle(line, group):
+            # "CHAPTER IV\nThe Storm": the short line right under a chapter line is its title.
+            kind, level, heading = blocks[-1]
+            blocks[-1] = (kind, level, f"{heading}: {line}")
+        else:
+            body.append(line)
+    if body:
+        blocks.append(("para", 0, " ".join(body)))
+    return blocks
+
+
+def looks_like_subtitle(line: str, group: list[str]) -> bool:
+    return len(group) == 2 and len(line) <= 60 and not line.endswith((".", "!", "?", ",", ";"))
+
+
+def markdown_blocks(lines: list[str]) -> list[tuple[str, int, str]]:
+    """Markdown: ATX/setext headings, paragraphs, list items, quotes, fences; inline markup stripped."""
+    blocks, body, in_fence = [], [], False
+
+    def close_paragraph():
+        if body:
+            text = strip_inline_markdown(" ".join(body))
+            if text:
+                blocks.append(("para", 0, text))
+            body.clear()
+
+    for raw in lines:
+        if FENCE.match(raw):
+            # Code is read as text, one paragraph per fence; the fence lines themselves are not.
+            close_paragraph()
+            in_fence = not in_fence
+            continue
+        line = raw.strip()
+        if in_fence:
+            if line:
+                body.append(line)
+            continue
+        line = re.sub(r"^(?:>\s?)+", "", line).strip()  # block quotes read as plain paragraphs
+        if not line or HORIZONTAL_RULE.match(line) and not (body and SETEXT_UNDERLINE.match(line)):
+            close_paragraph()
+            continue
+        if re.match(r"^\[[^\]]+\]:\s*\S+", line):  # reference-link definition: nothing to read
+            continue
+        heading = ATX_HEADING.match(line)
+        if heading:
+            close_paragraph()
+            blocks.append(markdown_heading(len(heading.group(1)), heading.group(2)))
+            continue
+        if body and SETEXT_UNDERLINE.match(line):
+            # "Title\n=====" is a level-1 heading, "Title\n-----" level 2: it takes the last line.
+            title = body.pop()
+            close_paragraph()
+            blocks.append(markdown_heading(1 if line.startswith("=") else 2, title))
+            continue
+        if LIST_ITEM.match(line):
+            # Each list item is its own paragraph, so items do not run together when spoken.
+            close_paragraph()
+            line = LIST_ITEM.sub("", line)
+        if CHAPTER_LINE.match(strip_inline_markdown(line)) and not body:
+            blocks.append(("heading", 0, heading_title(strip_inline_markdown(line))))
+            continue
+        body.append(line)
+    close_paragraph()
+    return blocks
+
+
+def markdown_heading(level: int, text: str) -> tuple[str, int, str]:
+    """# and ## start chapters; deeper headings are read as a line of text."""
+    text = strip_inline_markdown(text)
+    if level <= 2:
+        return ("heading", level, heading_title(text))
+    return ("para", 0, text)
+
+
+def heading_title(text: str) -> str:
+    """"CHAPTER XII." -> "CHAPTER XII"; "Chapter Twelve. The Storm" -> "Chapter Twelve: The Storm"."""
+    match = CHAPTER_LINE.match(text)
+    if not match:
+        return text.strip()
+    label, title = match.group("label").strip(), (match.group("title") or "").strip()
+    return f"{label}: {title}" if title else label
+
+
+def strip_inline_markdown(text: str) -> str:
+    """Markup to plain words: images dropped, links keep their text, emphasis and code marks go."""
+    text = re.sub(r"<!--.*?-->", " ", text)
+    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", " ", text)  # images: the alt text is a caption, not the story
+    text = re.sub(r"!\[[^\]]*\]\[[^\]]*\]", " ", text)
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # [text](url)
+    text = re.sub(r"\[([^\]]*)\]\[[^\]]*\]", r"\1", text)  # [text][ref]
+    text = re.sub(r"<(https?://[^>]+)>", r"\1", text)
+    text = re.sub(r"</?[A-Za-z][^>]*>", " ", text)  # inline HTML tags such as <br> or <em>
+    text = re.sub(r"`+([^`]*)`+", r"\1", text)
+    text = re.sub(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1", r"\2", text)
+    text = re.sub(r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])", r"\1", text)
+    text = re.sub(r"(?<![\w_])_(?=\S)(.+?)(?<=\S)_(?![\w_])", r"\1", text)
+    text = re.sub(r"~~(?=\S)(.+?)(?<=\S)~~", r"\1", text)
+    text = re.sub(r"\\([\\`*_{}\[\]()#+\-.!>~|])", r"\1", text)  # backslash escapes
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def take_book_title(blocks, fallback_title: str):
+    """A lone H1 at the very top names the book; several H1s are chapters and the file names it."""
+    h1_count = sum(1 for kind, level, _ in blocks if kind == "heading" and level == 1)
+    if blocks and blocks[0][:2] == ("heading", 1) and h1_count == 1 and not CHAPTER_LINE.match(blocks[0][2]):
+        return blocks[0][2] or fallback_title, blocks[1:]
+    return fallback_title, blocks
+
+
+def group_chapters(blocks) -> list[Chapter]:
+    """Headings open chapters; a heading with no text of its own lends its title to the next one."""
+    chapters: list[Chapter] = []
+    title, paragraphs, pending_titles = "", [], []
+    for kind, _, text in blocks:
+        if kind == "heading":
+            if paragraphs:
+                chapters.append(Chapter(title=title, paragraphs=tuple(paragraphs)))
+                pending_titles = []
+            elif title:
+                # "Part One" straight followed by "Chapter 1": one chapter titled "Part One. Chapter 1".
+                pending_titles.append(title)
+            title, paragraphs = text, []
+        else:
+            if not paragraphs and pending_titles:
+                title = ". ".join(pending_titles + [title])
+                pending_titles = []
+            paragraphs.append(text)
+    if paragraphs:
+        chapters.append(Chapter(title=title, paragraphs=tuple(paragraphs)))
+    return chapters
