@@ -19,9 +19,14 @@ app = typer.Typer(
 def _register() -> None:
     # Imported here so `tutortoietts --help` stays fast and a broken optional command
     # cannot take the others down with it at import time.
-    from tutortoietts.commands import models
+    from tutortoietts.commands import generate, library, models
 
     app.add_typer(models.app, name="models")
+    app.command("generate")(generate.generate)
+    app.command("voices")(library.voices)
+    app.command("jobs")(library.jobs)
+    app.add_typer(library.cache_app, name="cache")
+    app.command("presets")(library.presets)
 
 
 def debug_enabled() -> bool:

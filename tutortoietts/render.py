@@ -26,7 +26,7 @@ class RenderRequest:
 
     book: Path
     voice: str
-    preset: str = "standard_v2"
+    preset: str = "balanced_v2"
     overrides: dict = field(default_factory=dict)
     out_dir: Path | None = None
     fmt: str = "m4b"

@@ -1,0 +1,144 @@
+"""`tutortoietts generate`: a manuscript to an audiobook, with live progress and a summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tutortoietts.commands.options import Device, ModelsDir, Precision, Preset, Quiet, Seed
+from tutortoietts.errors import UserError
+
+DEFAULT_PRESET = "balanced_v2"
+
+console = Console(stderr=True)  # progress and tables on stderr; stdout carries only the output path(s)
+
+
+def parse_set_options(values: list[str]) -> dict:
+    """`--set key=value` pairs to typed overrides (true/false, int, float, else text); Settings validates them."""
+    overrides = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key or not raw:
+            raise UserError(f"--set wants key=value (e.g. --set diffusion_iterations=20), got {item!r}")
+        overrides[key] = _parse_value(raw)
+    return overrides
+
+
+def _parse_value(raw: str):
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def _format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressDisplay:
+    """Turns render events into one Rich progress bar: chapter, chunk i/n, ETA, audio seconds, RTF."""
+
+    def __init__(self):
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[chapter]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("audio {task.fields[audio]}"),
+            TextColumn("RTF {task.fields[rtf]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def __call__(self, event) -> None:
+        if event.kind == "start":
+            self.task = self.progress.add_task(
+                "render", total=event.total, completed=event.done, chapter="rendering", eta="-", audio="0:00", rtf="-"
+            )
+            return
+        if self.task is None:
+            return
+        rtf = event.real_time_factor
+        if event.kind == "chunk":
+            self.progress.update(
+                self.task, completed=event.done, chapter=event.chapter_title or event.chunk_name,
+                eta=_format_seconds(event.eta_seconds), audio=_format_seconds(event.audio_seconds),
+                rtf=f"{rtf:.2f}" if rtf is not None else "-",
+            )
+        elif event.kind == "stitch":
+            self.progress.update(self.task, completed=event.done, chapter="stitching", eta="-")
+
+
+def summary_table(summary) -> Table:
+    table = Table(title="audiobook ready", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("chunks", f"{summary.total} total: {summary.rendered} rendered ({summary.from_ar_cache} from cached codes), "
+                  f"{summary.from_audio_cache} from cache, {summary.already_done} already in the job")
+    table.add_row("audio", _format_seconds(summary.audio_seconds))
+    table.add_row("wall time", f"{summary.wall_seconds:.1f} s")
+    rtf = summary.real_time_factor
+    table.add_row("real-time factor", f"{rtf:.3f} (compute seconds per audio second)" if rtf is not None else "-")
+    table.add_row("job folder", str(summary.job_dir))
+    for path in summary.outputs:
+        table.add_row("output", str(path))
+    return table
+
+
+def generate(
+    book: Annotated[Path, typer.Argument(help="The manuscript: .txt or .md (chapters from headings).")],
+    voice: Annotated[Optional[str], typer.Option("--voice", "-v", help="Voice name (see `tutortoietts voices`), a folder or file of clips, or 'random'.")] = None,
+    preset: Preset = DEFAULT_PRESET,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Job folder (default ./<book name>-audiobook/); rerun to resume.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="m4b (chapters), mp3 (one file per chapter) or wav.")] = "m4b",
+    models_dir: ModelsDir = None,
+    device: Device = "auto",
+    precision: Precision = None,
+    seed: Seed = 0,
+    title: Annotated[Optional[str], typer.Option("--title", help="Book title in the tags (default: the manuscript's).")] = None,
+    author: Annotated[Optional[str], typer.Option("--author", help="Author in the tags.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Render every chunk again, ignoring the job's finished chunks.")] = False,
+    settings: Annotated[Optional[list[str]], typer.Option("--set", help="Override one preset value, key=value; repeatable.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Turn a manuscript into an audiobook; an interrupted run resumes where it stopped."""
+    from tutortoietts.render import RenderRequest, render_book
+
+    if voice is None:
+        raise UserError("choose a voice with --voice NAME (see `tutortoietts voices`), a folder of clips, or 'random'")
+    request = RenderRequest(
+        book=book, voice=voice, preset=preset, overrides=parse_set_options(settings or []), out_dir=out,
+        fmt=fmt.lower(), models_dir=models_dir, device=device, precision=precision, seed=seed, title=title,
+        author=author, force=force,
+    )
+    if quiet:
+        summary = render_book(request)
+    else:
+        with ProgressDisplay() as display:
+            summary = render_book(request, progress=display)
+        console.print(summary_table(summary))
+    for path in summary.outputs:
+        print(path)
