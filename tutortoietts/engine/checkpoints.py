@@ -1,0 +1,333 @@
+"""Official Tortoise checkpoints: find them, download them, load them strictly; write random stand-ins."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import importlib
+import inspect
+import json
+import math
+import os
+import re
+import zlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tutortoietts.engine import configs
+from tutortoietts.errors import UserError
+
+FILES = {stem: stem + ".pth" for stem in configs.STEMS}
+CONFIG_FILE = "tortoise-config.json"
+HF_REPO = "Manmay/tortoise-tts"  # where the reference's get_model_path downloads from
+DEFAULT_MODELS_DIR = Path.home() / ".cache" / "tortoise" / "models"
+DOWNLOAD_HINT = "run `tutortoietts models download` (or pass --models-dir / set TORTOISE_MODELS_DIR)"
+
+# File stem -> (module, class) of our network.
+NETWORKS = {
+    "autoregressive": ("tutortoietts.engine.gpt", "AutoregressiveModel"),
+    "clvp2": ("tutortoietts.engine.clvp", "CLVP"),
+    "diffusion_decoder": ("tutortoietts.engine.diffusion", "DiffusionDecoder"),
+    "vocoder": ("tutortoietts.engine.vocoder", "UnivNet"),
+    "rlg_auto": ("tutortoietts.engine.rlg", "RandomLatentGenerator"),
+    "rlg_diffuser": ("tutortoietts.engine.rlg", "RandomLatentGenerator"),
+}
+
+# The official autoregressive.pth was saved by a transformers version that still stored GPT-2's
+# causal-mask buffers; they are constants, not weights (the reference loads that file with
+# strict=False for this reason). We accept exactly these and nothing else.
+IGNORED_KEYS = {"autoregressive": re.compile(r"gpt\.h\.\d+\.attn\.(bias|masked_bias)")}
+
+
+# --- finding the files ----------------------------------------------------------------------
+
+
+def _hf_snapshots(base: Path) -> list[Path]:
+    """The Hugging Face cache layout hf_hub_download(cache_dir=base) makes, newest snapshot first."""
+    snapshots = base / ("models--" + HF_REPO.replace("/", "--")) / "snapshots"
+    if not snapshots.is_dir():
+        return []
+    return sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def search_folders(models_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Folders to look in, in order: an explicit folder alone; else $TORTOISE_MODELS_DIR, then the
+    tortoise cache. Each base also stands for the Hugging Face cache snapshots inside it."""
+    if models_dir is not None:
+        bases = [Path(models_dir).expanduser()]
+    else:
+        bases = [Path(os.environ["TORTOISE_MODELS_DIR"]).expanduser()] if os.environ.get("TORTOISE_MODELS_DIR") else []
+        bases.append(DEFAULT_MODELS_DIR)
+    folders = []
+    for base in bases:
+        for folder in [base, *_hf_snapshots(base)]:
+            if folder not in folders:
+                folders.append(folder)
+    return folders
+
+
+def find_models_dir(models_dir: str | os.PathLike | None = None) -> Path:
+    """The first folder that holds all six checkpoint files; a clear UserError if none does."""
+    folders = search_folders(models_dir)
+    best, best_missing = None, list(FILES.values())
+    for folder in folders:
+        missing = [name for name in FILES.values() if not (folder / name).is_file()]
+        if not missing:
+            return folder
+        if len(missing) < len(best_missing):
+            best, best_missing = folder, missing
+    where = f" (in {best}, which has the others)" if best is not None else ""
+    raise UserError(
+        f"Tortoise weights not found: missing {', '.join(best_missing)}{where}; searched "
+        f"{', '.join(str(f) for f in folders)}; {DOWNLOAD_HINT}"
+    )
+
+
+# --- config and state dicts -----------------------------------------------------------------
+
+
+def network_class(stem: str) -> type[nn.Module]:
+    module_name, class_name = NETWORKS[stem]
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def read_config(models_dir: str | os.PathLike) -> dict[str, dict]:
+    """Constructor keywords per network: the official ones, with tortoise-config.json's laid over them."""
+    path = Path(models_dir) / CONFIG_FILE
+    if not path.is_file():
+        return configs.resolve()  # the official files come without one
+    try:
+        overrides = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise UserError(f"{path} must map each network ({', '.join(configs.STEMS)}) to its keyword arguments")
+    try:
+        config = configs.resolve(overrides)
+    except ValueError as error:
+        raise UserError(f"{path}: {error}") from None
+    for stem, kwargs in overrides.items():
+        _check_keywords(stem, kwargs, path)
+    return config
+
+
+def _check_keywords(stem: str, kwargs: dict, path: Path) -> None:
+    try:
+        parameters = inspect.signature(network_class(stem).__init__).parameters
+    except ImportError:
+        return  # that network's module is not there yet; its constructor will judge
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    known = [name for name in parameters if name != "self"]
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UserError(f"{path}: unknown keyword {key!r} for {stem}{hint}")
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors, CPU, without running pickled code; vocoder.pth's generator part."""
+    path = Path(path)
+    try:
+        try:
+            # Memory-mapped: the tensors are paged in as they are copied to the device, not read twice.
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist; {DOWNLOAD_HINT}") from None
+    except Exception as error:  # truncated download, not a torch file, pickled code refused...
+        raise UserError(f"{path.name} cannot be read as a checkpoint ({type(error).__name__}: {error}); "
+                        f"delete it and {DOWNLOAD_HINT}") from None
+    if isinstance(state, dict) and "model_g" in state:  # the vocoder's training checkpoint: keep the generator
+        state = state["model_g"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path.name} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _describe(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_state_dict(stem: str, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+    """Strict key and shape check with one readable error line (torch's own is pages long)."""
+    ignored = IGNORED_KEYS.get(stem)
+    found_keys = [k for k in found if not (ignored and ignored.fullmatch(k))]
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found_keys if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing key {_describe(missing)}")
+    if unexpected:
+        problems.append(f"unexpected key {_describe(unexpected)}")
+    mismatched = [
+        f"{k} is {tuple(found[k].shape)}, expected {tuple(expected[k].shape)}"
+        for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    if mismatched:
+        problems.append("shape mismatch: " + _describe(mismatched, 2))
+    if problems:
+        raise UserError(
+            f"{FILES[stem]}: {' / '.join(problems)} (is this an official Tortoise checkpoint? "
+            f"does {CONFIG_FILE} match?)"
+        )
+
+
+def build_network(stem: str, config: dict[str, dict], device="meta") -> nn.Module:
+    """Our network for `stem`, constructed with the config's keywords (on 'meta': no memory, no init)."""
+    with torch.device(device):
+        return network_class(stem)(**config[stem])
+
+
+def load_network(stem: str, models_dir, config: dict[str, dict] | None = None, device="cpu",
+                 dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Construct our class for `stem` and load its checkpoint strictly; eval mode, on device, in dtype."""
+    models_dir = Path(models_dir)
+    config = read_config(models_dir) if config is None else config
+    state = load_state_dict_file(models_dir / FILES[stem])
+    net = build_network(stem, config, "meta")  # skip random init: every weight comes from the file
+    check_state_dict(stem, net.state_dict(), state)
+    ignored = IGNORED_KEYS.get(stem)
+    state = {k: v for k, v in state.items() if not (ignored and ignored.fullmatch(k))}
+    net.load_state_dict(state, strict=True, assign=True)
+    if any(t.is_meta for t in [*net.parameters(), *net.buffers()]):
+        # A buffer computed in __init__ and not saved stayed on 'meta': build for real instead.
+        net = build_network(stem, config, "cpu")
+        net.load_state_dict(state, strict=True)
+    net.eval()
+    net.requires_grad_(False)
+    return net.to(device=device, dtype=dtype)
+
+
+# --- random stand-ins -----------------------------------------------------------------------
+
+
+def _random_tensor(name: str, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A plausible random value for one state-dict entry, so random networks give finite, varied outputs."""
+    shape = tuple(like.shape)
+    if not like.dtype.is_floating_point:
+        return torch.zeros(shape, dtype=like.dtype)
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "inv_freq":  # rotary frequencies are constants: 1 / 10000^(2i / dim)
+        dim = 2 * shape[0]
+        return 1.0 / 10000 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    noise = torch.randn(shape, generator=generator)
+    if leaf == "weight_g":  # weight-norm magnitudes: unit rows keep each layer's output scale ~1
+        return 1.0 + 0.1 * noise
+    if len(shape) <= 1:
+        # Norm scales near 1, biases and scalars near 0.
+        return 1.0 + 0.1 * noise if leaf == "weight" else 0.02 * noise
+    fan_in = math.prod(shape[1:])
+    return noise / math.sqrt(fan_in)
+
+
+def _legacy_gpt2_buffers(config: dict) -> dict[str, torch.Tensor]:
+    """The causal-mask buffers the official autoregressive.pth carries (see IGNORED_KEYS)."""
+    kw = config["autoregressive"]
+    positions = (kw["max_mel_tokens"] + 2 + kw["max_conditioning_inputs"]) + (kw["max_text_tokens"] + 2)
+    mask = torch.ones(positions, positions, dtype=torch.bool).tril().view(1, 1, positions, positions)
+    extra = {}
+    for layer in range(kw["layers"]):
+        extra[f"gpt.h.{layer}.attn.bias"] = mask
+        extra[f"gpt.h.{layer}.attn.masked_bias"] = torch.tensor(-1e4)
+    return extra
+
+
+def random_state_dict(stem: str, config: dict[str, dict], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights with exactly the keys and shapes of the official `stem` checkpoint."""
+    shapes = build_network(stem, config, "meta").state_dict()
+    # One generator per file, seeded from (seed, stem): a file's weights do not depend on the others.
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(stem.encode()))
+    state = {name: _random_tensor(name, like, generator) for name, like in shapes.items()}
+    if stem == "autoregressive":
+        state.update(_legacy_gpt2_buffers(config))
+    return state
+
+
+def write_random_checkpoints(models_dir, config: str | dict = "tiny", seed: int = 0) -> Path:
+    """All six files in the official format, random weights, plus tortoise-config.json. -> the folder"""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(config, str):
+        if config not in configs.NAMED:
+            raise UserError(f"unknown config {config!r}: expected one of {', '.join(configs.NAMED)}")
+        overrides = configs.NAMED[config]
+    else:
+        overrides = config
+    resolved = configs.resolve(overrides)
+    for stem, filename in FILES.items():
+        state = random_state_dict(stem, resolved, seed)
+        payload = {"model_g": state} if stem == "vocoder" else state  # vocoder.pth is a training checkpoint
+        torch.save(payload, models_dir / filename)
+        del state, payload
+    (models_dir / CONFIG_FILE).write_text(json.dumps(overrides, indent=2) + "\n")
+    return models_dir
+
+
+# --- fingerprint and download -----------------------------------------------------------------
+
+
+def _file_digest(path: Path, size: int) -> str:
+    chunk = 1 << 20
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        digest.update(file.read(chunk))
+        if size > chunk:
+            file.seek(max(chunk, size - chunk))
+            digest.update(file.read(chunk))
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(folder: str, stats: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, size, _mtime in stats:
+        path = Path(folder) / name
+        digest.update(f"{name}:{size}:".encode())
+        digest.update((_file_digest(path, size) if size >= 0 else "absent").encode())
+    return digest.hexdigest()[:16]
+
+
+def weights_fingerprint(models_dir) -> str:
+    """A cheap, stable id of the weights (sizes and the first and last MiB of each file, plus the config).
+
+    Recomputed only when a file's size or modification time changes (the memo is keyed on them),
+    so cache keys can call it freely. The folder's path is not hashed: copied weights keep their caches.
+    """
+    folder = Path(models_dir).resolve()
+    stats = []
+    for name in [*FILES.values(), CONFIG_FILE]:
+        try:
+            info = (folder / name).stat()
+            stats.append((name, info.st_size, info.st_mtime_ns))
+        except FileNotFoundError:
+            stats.append((name, -1, 0))
+    return _fingerprint(str(folder), tuple(stats))
+
+
+def download(models_dir=None) -> Path:
+    """Fetch the six files from Hugging Face into models_dir (resumes partial downloads, shows progress)."""
+    from huggingface_hub import hf_hub_download
+
+    target = Path(models_dir).expanduser() if models_dir is not None else (
+        Path(os.environ["TORTOISE_MODELS_DIR"]).expanduser() if os.environ.get("TORTOISE_MODELS_DIR") else DEFAULT_MODELS_DIR
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    for filename in FILES.values():
+        try:
+            hf_hub_download(repo_id=HF_REPO, filename=filename, local_dir=target)
+        except Exception as error:  # offline, DNS, HTTP errors, disk full: all end the same way for the user
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(
+                f"could not download {filename} from huggingface.co/{HF_REPO} into {target}: {reason} "
+                f"(check the network connection, or copy the six .pth files there yourself)"
+            ) from None
+    return target
