@@ -1,0 +1,121 @@
+"""`tutortoietts bench`: our engine against the reference tortoise-tts, per stage, with fidelity; Rich table + JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tutortoietts.commands.options import Device, ModelsDir
+from tutortoietts.errors import UserError
+
+STAGE_COLUMNS = ("autoregressive", "rerank", "latents", "diffusion", "vocoder")
+
+
+def _gb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e9:.2f}"
+
+
+def _num(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def speed_table(report: dict) -> Table:
+    """Seconds per stage with the speedup against the reference (KV cache on) under each."""
+    table = Table(title="seconds per stage (speedup vs reference kv-cache)", show_lines=True)
+    for column in ("side", "samples x codes, steps", *STAGE_COLUMNS, "total", "RTF"):
+        table.add_column(column, justify="left" if column == "side" else "right")
+    for name, side in report["sides"].items():
+        settings = side["settings"]
+        samples = settings.get("num_samples", settings.get("num_autoregressive_samples"))
+        steps = settings.get("diffusion_steps", settings.get("diffusion_iterations"))
+        sampler = settings.get("sampler", "ddpm")
+        shape = f"{samples} x {side['ar_steps']}, {steps} {sampler}"
+        cells = []
+        for stage in (*STAGE_COLUMNS, "end_to_end"):
+            seconds = side["total_seconds"] if stage == "end_to_end" else side["stage_seconds"].get(stage)
+            speedup = side.get("speedup", {}).get(stage)
+            cells.append("-" if seconds is None else f"{seconds:.2f}" + (f"\n{speedup:.2f}x" if speedup else ""))
+        table.add_row(name, shape, *cells, _num(side["real_time_factor"]))
+    return table
+
+
+def hardware_table(report: dict) -> Table:
+    """Decode speed against the memory-bandwidth limit, and peak memory."""
+    bandwidth = report["machine"]["memory_bandwidth_bytes_per_second"]
+    table = Table(title=f"decode and memory (measured copy bandwidth {_gb(bandwidth)} GB/s)")
+    for column in ("side", "AR steps/s", "AR weights GB", "achieved GB/s", "% of bandwidth", "peak memory GB", "vs reference", "load s", "warm-up s"):
+        table.add_column(column, justify="left" if column == "side" else "right")
+    for name, side in report["sides"].items():
+        achieved = side["achieved_bandwidth_bytes_per_second"]
+        ratio = side.get("peak_memory_vs_reference")
+        table.add_row(
+            name, _num(side["ar_steps_per_second"]), _gb(side["ar_weight_bytes"]), _gb(achieved),
+            _num(100 * achieved / bandwidth, 0, "%"), _gb(side["peak_memory_bytes"]),
+            "-" if ratio is None else f"{100 * ratio:.0f}%", _num(side["load_seconds"], 1), _num(side["warmup_seconds"], 1),
+        )
+    return table
+
+
+def fidelity_table(report: dict) -> Table:
+    table = Table(title="fidelity on fixed inputs (max |diff| unless named)")
+    columns = ("latents_max_diff", "logits_max_diff", "code_agreement", "clvp_scores_max_diff", "mel_rms_diff", "vocoder_wave_max_diff")
+    table.add_column("comparison")
+    for column in columns:
+        table.add_column(column.replace("_max_diff", "").replace("_", " "), justify="right")
+    for name, entry in report["fidelity"].items():
+        table.add_row(name, *("-" if entry.get(c) is None else f"{entry[c]:.3g}" for c in columns))
+    return table
+
+
+def targets_table(report: dict) -> Table:
+    table = Table(title="targets")
+    for column in ("target", "measured", "met"):
+        table.add_column(column)
+    for name, entry in report["targets"].items():
+        table.add_row(name, f"{entry['value']:.2f}", "yes" if entry["met"] else "NO")
+    return table
+
+
+def bench(
+    models_dir: ModelsDir = None,
+    device: Device = "cpu",
+    quick: Annotated[bool, typer.Option("--quick", help="A small run: 2 samples x 16 codes, 4 diffusion steps, no warm-up.")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full report here as JSON.")] = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", help="Autoregressive samples (default 16, the reference's ultra_fast).")] = None,
+    codes: Annotated[Optional[int], typer.Option("--codes", help="Codes every side decodes, forced (default 100).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="DDPM steps of the reference-settings sides (default 30).")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Alternating runs per side; the best is reported.")] = 1,
+    text: Annotated[Optional[str], typer.Option("--text", help="Text to speak (default: one sentence).")] = None,
+    side: Annotated[Optional[list[str]], typer.Option("--side", help="Run only this side (repeatable), e.g. 'ours bf16'.")] = None,
+    no_cache_reference: Annotated[bool, typer.Option("--reference-no-cache/--skip-reference-no-cache", help="Also time the reference's default path without a KV cache (autoregressive stage only; slow).")] = True,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile our decode step (CUDA graphs on CUDA); compile time shows as warm-up.")] = False,
+    warmup: Annotated[Optional[bool], typer.Option("--warmup/--no-warmup", help="A short untimed run per side first (default on, off with --quick).")] = None,
+) -> None:
+    """Time the reference tortoise-tts and our engine on the same random full-size weights, stage by stage."""
+    from tutortoietts import bench as bench_lib
+
+    directory = models_dir if models_dir is not None else bench_lib.default_models_dir()
+    if not Path(directory).is_dir():
+        raise UserError(f"models folder {directory} does not exist")
+    changes = dict(device=device, text=text, num_samples=samples, code_length=codes, diffusion_steps=steps,
+                   repeats=repeats, reference_no_kv=no_cache_reference, compile=compile, warmup=warmup,
+                   sides=tuple(side) if side else None)
+    if quick:
+        options = bench_lib.BenchOptions.quick(Path(directory), **changes)
+    else:
+        options = bench_lib.BenchOptions(models_dir=Path(directory), **{k: v for k, v in changes.items() if v is not None})
+
+    console = Console(stderr=False)
+    with console.status("benchmarking") as status:
+        report = bench_lib.run_bench(options, progress=lambda message: status.update(message))
+    for table in (speed_table(report), hardware_table(report), fidelity_table(report), targets_table(report)):
+        console.print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        console.print(f"report written to {json_path}")
