@@ -27,6 +27,10 @@ def _register() -> None:
     app.command("jobs")(library.jobs)
     app.add_typer(library.cache_app, name="cache")
     app.command("presets")(library.presets)
+    from tutortoietts.commands import bench, profile
+
+    app.command("bench")(bench.bench)
+    app.command("profile")(profile.profile)
 
 
 def debug_enabled() -> bool:
