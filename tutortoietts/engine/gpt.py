@@ -1,0 +1,445 @@
+"""Tortoise's autoregressive model (the reference's UnifiedVoice): a GPT-2 over voice, text and mel codes.
+
+One sequence per sample: [conditioning latent | start_text, text..., 0, 0 | start_mel, codes...],
+each part with its own learned position table (GPT-2's own position table is unused). The
+network is checkpoint-compatible with the official autoregressive.pth; inference runs with a
+static KV cache written in place by position (gpt-fast style) and torch's SDPA attention. The
+sampling loop and the logits processors live in decoding.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tutortoietts.errors import UserError
+
+STOP_TEXT_TOKEN = 0  # text id the reference appends after the text (also tts()'s own pad value)
+CALM_TOKEN = 83  # DVAE code for silence; what fix_codes writes from the stop token on
+FIX_TAIL = (45, 45, 248)  # the last three codes fix_autoregressive_output forces (DVAE end-of-clip codes)
+CALM_RUN_LIMIT = 8  # more calm tokens in a row than this end the speech (api.py tts())
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning encoder: 80-band mel of a reference clip -> one latent vector.
+# ---------------------------------------------------------------------------------------------
+
+
+def group_count(channels: int) -> int:
+    """GroupNorm groups the reference's `normalization()` picks: 32, fewer for narrow layers."""
+    groups = 8 if channels <= 16 else 16 if channels <= 64 else 32
+    while channels % groups:
+        groups //= 2
+    return groups
+
+
+class ConditioningAttention(nn.Module):
+    """Residual full self-attention over time, channels first (the reference's AttentionBlock)."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(group_count(channels), channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, kernel_size=1)
+        self.proj_out = nn.Conv1d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T) -> (B, C, T)
+        batch, channels, frames = x.shape
+        # Normalise in fp32 whatever the module dtype: group statistics over long clips lose
+        # too much in bf16/fp16 (the reference's GroupNorm32 does the same).
+        h = F.group_norm(x.float(), self.norm.num_groups, self.norm.weight.float(), self.norm.bias.float(), self.norm.eps)
+        qkv = self.qkv(h.to(x.dtype))  # (B, 3C, T)
+        # The checkpoint packs channels head-major, then q/k/v inside each head.
+        qkv = qkv.view(batch, self.heads, 3, channels // self.heads, frames)
+        q, k, v = qkv.transpose(-1, -2).unbind(dim=2)  # each (B, nh, T, hs)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, nh, T, hs)
+        a = a.transpose(-1, -2).reshape(batch, channels, frames)  # (B, C, T)
+        return x + self.proj_out(a)
+
+
+class ConditioningEncoder(nn.Module):
+    """1x1 conv to the model width, six attention blocks, then the first frame's vector."""
+
+    def __init__(self, mel_channels: int, dim: int, heads: int, blocks: int = 6):
+        super().__init__()
+        self.init = nn.Conv1d(mel_channels, dim, kernel_size=1)
+        self.attn = nn.Sequential(*[ConditioningAttention(dim, heads) for _ in range(blocks)])
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # (B, 80, T) -> (B, C)
+        h = self.attn(self.init(mel))  # (B, C, T)
+        # Frame 0 attends to the whole clip, so it serves as the summary (the reference's mean=False).
+        return h[:, :, 0]
+
+
+class LearnedPositions(nn.Module):
+    """A learned position table; rows are read by index, never through an arange per call."""
+
+    def __init__(self, rows: int, dim: int):
+        super().__init__()
+        self.emb = nn.Embedding(rows, dim)
+
+    @property
+    def rows(self) -> int:
+        return self.emb.num_embeddings
+
+
+# ---------------------------------------------------------------------------------------------
+# GPT-2 (transformers 4.31's GPT2Model without token or position tables) with a static KV cache.
+# ---------------------------------------------------------------------------------------------
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values of one layer, written in place by sequence position."""
+
+    def __init__(self, max_batch: int, heads: int, max_seq: int, head_dim: int, dtype: torch.dtype, device):
+        super().__init__()
+        shape = (max_batch, heads, max_seq, head_dim)
+        # Non-persistent: the cache is scratch memory, never part of a checkpoint.
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def fits(self, max_batch: int, max_seq: int, dtype: torch.dtype, device) -> bool:
+        batch, _, seq, _ = self.k.shape
+        return batch >= max_batch and seq >= max_seq and self.k.dtype == dtype and self.k.device == torch.device(device)
+
+
+def checkpoint_weights_to_linear(module, state_dict, prefix, *args) -> None:
+    """Load hook: GPT-2's Conv1D stores weights (in, out); our nn.Linear wants (out, in).
+
+    Also drops the causal-mask buffers (`attn.bias`, `attn.masked_bias`) that checkpoints written
+    by older transformers versions carry: SDPA needs no mask table.
+    """
+    for name in module.conv1d_weights:
+        key = prefix + name + ".weight"
+        if key in state_dict and state_dict[key].dim() == 2:
+            state_dict[key] = state_dict[key].t().contiguous()
+    for name in ("bias", "masked_bias"):
+        state_dict.pop(prefix + name, None)
+
+
+def linear_weights_to_checkpoint(module, state_dict, prefix, local_metadata) -> None:
+    """State-dict hook: write weights back in GPT-2's Conv1D layout, so our keys and shapes equal the reference's."""
+    for name in module.conv1d_weights:
+        key = prefix + name + ".weight"
+        if key in state_dict and state_dict[key].dim() == 2 and state_dict[key].is_floating_point():
+            state_dict[key] = state_dict[key].t()
+
+
+class Conv1DLayout(nn.Module):
+    """Base of the GPT-2 modules whose nn.Linear weights the checkpoint stores transposed.
+
+    Plain nn.Linear (not a Conv1D look-alike) keeps F.linear's fast path and lets the int8
+    weight-only swap in quant.py find these layers.
+    """
+
+    conv1d_weights: tuple[str, ...] = ()
+
+    def __init__(self):
+        super().__init__()
+        self.register_load_state_dict_pre_hook(checkpoint_weights_to_linear)
+        self.register_state_dict_post_hook(linear_weights_to_checkpoint)
+
+
+class SelfAttention(Conv1DLayout):
+    """Causal multi-head self-attention (GPT-2's fused c_attn), optionally through a KV cache."""
+
+    conv1d_weights = ("c_attn", "c_proj")
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.c_attn = nn.Linear(dim, 3 * dim)
+        self.c_proj = nn.Linear(dim, dim)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:  # (B, T, C)
+        batch, length, dim = x.shape
+        q, k, v = self.c_attn(x).split(dim, dim=2)
+        q = q.view(batch, length, self.heads, -1).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(batch, length, self.heads, -1).transpose(1, 2)
+        v = v.view(batch, length, self.heads, -1).transpose(1, 2)
+        if input_pos is None or length > 1:
+            if input_pos is not None:
+                # Prefill: a fresh sequence from position 0. The cache rows may outnumber this
+                # batch (one shared prefix for every sample): the copy broadcasts it to all rows.
+                assert input_pos == 0, "multi-token cache writes must start a fresh sequence"
+                self.kv_cache.k[:, :, :length] = k
+                self.kv_cache.v[:, :, :length] = v
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # Decode: one new token per row; it sees every cached position up to its own, so no
+            # mask is needed, only a view of the cache.
+            end = input_pos + 1
+            self.kv_cache.k[:batch, :, input_pos:end] = k
+            self.kv_cache.v[:batch, :, input_pos:end] = v
+            y = F.scaled_dot_product_attention(q, self.kv_cache.k[:batch, :, :end], self.kv_cache.v[:batch, :, :end])
+        y = y.transpose(1, 2).reshape(batch, length, dim)  # (B, T, C)
+        return self.c_proj(y)
+
+
+class FeedForward(Conv1DLayout):
+    """GPT-2's MLP: 4x expansion with the tanh approximation of GELU ("gelu_new")."""
+
+    conv1d_weights = ("c_fc", "c_proj")
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.c_fc = nn.Linear(dim, 4 * dim)
+        self.c_proj = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim)
+
+    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), input_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """The block stack and GPT-2's closing LayerNorm, fed with embeddings."""
+
+    def __init__(self, layers: int, dim: int, heads: int):
+        super().__init__()
+        self.h = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:  # (B, T, C)
+        for block in self.h:
+            x = block(x, input_pos)
+        return self.ln_f(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+# ---------------------------------------------------------------------------------------------
+
+
+class AutoregressiveModel(nn.Module):
+    """UnifiedVoice for inference: same constructor keywords, same state dict, faster decoding."""
+
+    def __init__(
+        self,
+        layers: int = 8,  # transformer blocks (official: 30)
+        model_dim: int = 512,  # width (official: 1024)
+        heads: int = 8,  # attention heads (official: 16)
+        max_text_tokens: int = 120,  # text length the position table covers, less 2 (official: 402)
+        max_mel_tokens: int = 250,  # code length the position table covers, less 2 + conditioning (official: 604)
+        max_conditioning_inputs: int = 1,  # only sizes the mel position table (official: 2)
+        mel_length_compression: int = 1024,  # audio samples per code; latents() needs no wav lengths
+        number_text_tokens: int = 256,  # text vocabulary (official: 255)
+        start_text_token: int | None = None,  # defaults to number_text_tokens * types
+        number_mel_codes: int = 8194,  # 8192 DVAE codes + start + stop
+        start_mel_token: int = 8192,
+        stop_mel_token: int = 8193,
+        train_solo_embeddings: bool = False,  # training only; kept so such checkpoints still load
+        use_mel_codes_as_input: bool = True,  # the raw-mel input variant was never released
+        checkpointing: bool = True,  # training only
+        types: int = 1,  # text "types" widen the text vocabulary; official: 1
+    ):
+        super().__init__()
+        if not use_mel_codes_as_input:
+            raise ValueError("use_mel_codes_as_input=False (the MelEncoder input variant) is not supported")
+        self.start_text_token = number_text_tokens * types if start_text_token is None else start_text_token
+        self.start_mel_token = start_mel_token
+        self.stop_mel_token = stop_mel_token
+        self.number_mel_codes = number_mel_codes
+        self.model_dim = model_dim
+        self.mel_length_compression = mel_length_compression
+
+        self.conditioning_encoder = ConditioningEncoder(80, model_dim, heads)
+        self.text_embedding = nn.Embedding(number_text_tokens * types + 1, model_dim)
+        self.mel_embedding = nn.Embedding(number_mel_codes, model_dim)
+        self.gpt = Transformer(layers, model_dim, heads)
+        self.mel_pos_embedding = LearnedPositions(max_mel_tokens + 2 + max_conditioning_inputs, model_dim)
+        self.text_pos_embedding = LearnedPositions(max_text_tokens + 2, model_dim)
+        if train_solo_embeddings:
+            self.mel_solo_embedding = nn.Parameter(torch.zeros(1, 1, model_dim))
+            self.text_solo_embedding = nn.Parameter(torch.zeros(1, 1, model_dim))
+        self.final_norm = nn.LayerNorm(model_dim)
+        self.text_head = nn.Linear(model_dim, number_text_tokens * types + 1)
+        self.mel_head = nn.Linear(model_dim, number_mel_codes)
+
+    # -- conditioning ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def conditioning_latent(self, mels: torch.Tensor) -> torch.Tensor:
+        """Mean of the per-clip conditioning vectors: mels (b, clips, 80, s) or (b, 80, s) -> (b, C)."""
+        if mels.dim() == 3:
+            mels = mels[:, None]
+        batch, clips, bands, frames = mels.shape
+        dtype = self.mel_embedding.weight.dtype
+        # All clips in one encoder batch; they are independent until the mean.
+        per_clip = self.conditioning_encoder(mels.reshape(batch * clips, bands, frames).to(dtype))  # (b*clips, C)
+        return per_clip.view(batch, clips, -1).mean(dim=1)
+
+    def embed_prefix(self, cond: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """The shared prefix of every sequence: cond (1, C), text_ids (1, n) -> (1, n + 4, C).
+
+        The text gets tts()'s pad, then the model's own stop token and start token:
+        [start_text, ids..., 0, 0], with text positions 0.. n+2.
+        """
+        text = F.pad(text_ids.long(), (0, 2), value=STOP_TEXT_TOKEN)
+        text = F.pad(text, (1, 0), value=self.start_text_token)  # (1, n + 3)
+        positions = self.text_pos_embedding.rows
+        if text.shape[1] > positions:
+            raise UserError(
+                f"text too long for the autoregressive model: {text_ids.shape[1]} tokens, at most {positions - 3}; "
+                "split it into shorter chunks"
+            )
+        text_emb = self.text_embedding(text) + self.text_pos_embedding.emb.weight[: text.shape[1]]  # (1, n+3, C)
+        return torch.cat([cond[:, None].to(text_emb.dtype), text_emb], dim=1)
+
+    def mel_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Code logits in fp32 from the transformer output: (..., C) -> (..., codes)."""
+        return self.mel_head(self.final_norm(hidden)).float()
+
+    # -- latents for the diffusion decoder ------------------------------------------------------
+
+    @torch.no_grad()
+    def latents(self, cond: torch.Tensor, text_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Last hidden states (after final_norm) at each code's input position: -> (k, T, C).
+
+        The reference feeds [start, codes..., stop] and drops the last two outputs; the model is
+        causal, so feeding only [start, codes[:-1]] gives the same T states for two fewer tokens.
+        """
+        count, length = codes.shape
+        if length + 1 > self.mel_pos_embedding.rows:
+            raise UserError(f"too many codes for the autoregressive model: {length}, at most {self.mel_pos_embedding.rows - 1}")
+        prefix = self.embed_prefix(cond, text_ids)  # (1, P, C)
+        mel_inputs = F.pad(codes[:, :-1].long(), (1, 0), value=self.start_mel_token)  # (k, T)
+        mel_emb = self.mel_embedding(mel_inputs) + self.mel_pos_embedding.emb.weight[:length]  # (k, T, C)
+        x = torch.cat([prefix.expand(count, -1, -1), mel_emb], dim=1)  # (k, P + T, C)
+        hidden = self.gpt(x)
+        return self.final_norm(hidden[:, -length:])
+
+    # -- cached decoding ------------------------------------------------------------------------
+
+    def setup_caches(self, max_batch: int, max_seq: int) -> None:
+        """Allocate each layer's KV cache, or keep the current one if it is big enough (idempotent)."""
+        weight = self.mel_head.weight
+        dtype = weight.dtype if weight.is_floating_point() else self.final_norm.weight.dtype
+        for block in self.gpt.h:
+            attn = block.attn
+            if attn.kv_cache is None or not attn.kv_cache.fits(max_batch, max_seq, dtype, weight.device):
+                attn.kv_cache = None  # free the old buffers before allocating new ones
+                attn.kv_cache = KVCache(max_batch, attn.heads, max_seq, self.model_dim // attn.heads, dtype, weight.device)
+
+    def clear_caches(self) -> None:
+        """Release the KV cache memory."""
+        for block in self.gpt.h:
+            block.attn.kv_cache = None
+
+    def prefill(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Run the prefix plus the start code from cache position 0: (1, P, C) -> next-code logits (1, codes).
+
+        The start code takes mel position 0. The cache rows of every sample get these keys and values.
+        """
+        start = torch.tensor([[self.start_mel_token]], device=prefix.device)
+        start_emb = self.mel_embedding(start) + self.mel_pos_embedding.emb.weight[0]  # (1, 1, C)
+        hidden = self.gpt(torch.cat([prefix, start_emb], dim=1), input_pos=0)  # (1, P + 1, C)
+        return self.mel_logits(hidden[:, -1])
+
+    def decode_one_token(self, tokens: torch.Tensor, input_pos: int, mel_position: int) -> torch.Tensor:
+        """Feed one code per row at cache position `input_pos`: tokens (B, 1) -> next-code logits (B, codes).
+
+        `mel_position` is the row of the mel position table added to the code's embedding; see
+        decoding.py for why it is not simply the code's index.
+        """
+        x = self.mel_embedding(tokens) + self.mel_pos_embedding.emb.weight[mel_position]  # (B, 1, C)
+        hidden = self.gpt(x, input_pos=input_pos)
+        return self.mel_logits(hidden[:, -1])
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: torch.Tensor,
+        text_ids: torch.Tensor,
+        *,
+        num_samples: int,
+        max_mel_tokens: int,
+        temperature: float,
+        top_p: float,
+        repetition_penalty: float,
+        length_penalty: float = 1.0,
+        batch_size: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample code sequences, as the reference's tts() does: -> (num_samples, max_mel_tokens).
+
+        Each row stops at the stop token and is padded with it to max_mel_tokens. Batches of
+        `batch_size` (all at once by default) run one after another, drawing from `generator`.
+        `length_penalty` is accepted for the reference's signature: transformers only applies it
+        in beam search, so with sampling it changes nothing, here as there.
+        """
+        from tutortoietts.engine.decoding import generate_codes, validate_sampling
+
+        validate_sampling(num_samples, max_mel_tokens, temperature, top_p, repetition_penalty, batch_size)
+        # The last code fed back to the model takes mel position max_mel_tokens (see decoding.py).
+        if max_mel_tokens >= self.mel_pos_embedding.rows:
+            raise UserError(f"max_mel_tokens must be at most {self.mel_pos_embedding.rows - 1}, got {max_mel_tokens}")
+        device = self.mel_embedding.weight.device
+        prefix = self.embed_prefix(cond.to(device), text_ids.to(device))  # (1, P, C), computed once
+        batch_size = batch_size or num_samples
+        batches = []
+        for first in range(0, num_samples, batch_size):
+            batches.append(
+                generate_codes(
+                    self,
+                    prefix,
+                    batch=min(batch_size, num_samples - first),
+                    max_new_tokens=max_mel_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    repetition_penalty=repetition_penalty,
+                    generator=generator,
+                )
+            )
+        return torch.cat(batches, dim=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-processing of sampled codes.
+# ---------------------------------------------------------------------------------------------
+
+
+def fix_codes(codes: torch.Tensor, stop_token: int = 8193) -> torch.Tensor:
+    """The reference's fix_autoregressive_output on each row: (k, T) -> (k, T), a new tensor.
+
+    A row with a stop token becomes calm (silence) from its first stop token on, and its last
+    three codes become the DVAE's end-of-clip codes, as the diffusion decoder was trained on.
+    A row without one is left as it is.
+    """
+    length = codes.shape[1]
+    is_stop = codes == stop_token  # (k, T)
+    has_stop = is_stop.any(dim=1)  # (k,)
+    first_stop = torch.where(has_stop, is_stop.int().argmax(dim=1), length)  # (k,)
+    after_stop = torch.arange(length, device=codes.device) >= first_stop[:, None]  # (k, T)
+    fixed = codes.masked_fill(after_stop, CALM_TOKEN)
+    fixed[has_stop, -len(FIX_TAIL):] = torch.tensor(FIX_TAIL, dtype=codes.dtype, device=codes.device)
+    return fixed
+
+
+def trim_latents_at_silence(codes: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """Cut latents where the speech has ended: codes (T,), latents (T, C) -> (T', C).
+
+    The cut is at the first code that makes more than CALM_RUN_LIMIT calm codes in a row; the
+    run before it gives the diffusion decoder room to end the speech softly (api.py tts()).
+    """
+    run = 0
+    for index, code in enumerate(codes.tolist()):
+        run = run + 1 if code == CALM_TOKEN else 0
+        if run > CALM_RUN_LIMIT:
+            return latents[:index]
+    return latents
