@@ -94,3 +94,17 @@ def weight_bytes(model: nn.Module) -> int:
         seen.add(tensor.data_ptr())
         total += tensor.numel() * tensor.element_size()
     return total
+
+
+def is_decode_weight(name: str, module: nn.Linear) -> bool:
+    """The Linears a decode step reads: every transformer block's and the mel head (checkpoint names)."""
+    return name.startswith("gpt.h.") or name == "mel_head"
+
+
+def quantize_autoregressive(model: nn.Module) -> nn.Module:
+    """precision="int8": the autoregressive model's block and head weights to int8, in place.
+
+    The conditioning encoder and embeddings stay in the activation dtype: they run once per
+    clip, not once per code, so quantising them would cost fidelity for no speed.
+    """
+    return quantize_int8(model, include=is_decode_weight)
