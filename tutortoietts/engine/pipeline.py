@@ -1,0 +1,295 @@
+"""The Tortoise facade: voice -> sample codes -> CLVP rerank -> latents -> diffusion -> vocoder -> 24 kHz audio.
+
+Every stage is a method of its own, so the render loop, its caches, `profile` and `bench` run
+the same code as `synthesize`. Stage outputs come back on the CPU in float32 (codes as int64):
+a device-neutral form that caches can store as is.
+
+Randomness comes only from torch.Generators derived from the caller's seed, one per stage, so
+a stage gives the same result whether run inside `synthesize` or alone, and nothing touches the
+global RNG. The reference's wav2vec "redaction" of bracketed text is not done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tutortoietts.engine import checkpoints
+from tutortoietts.engine.tokenizer import Tokenizer
+from tutortoietts.errors import UserError
+
+SAMPLE_RATE = 24000  # the vocoder's output rate
+CONDITIONING_RATE = 22050  # voice clips, and the rate the autoregressive codes were trained at
+MAX_TEXT_TOKENS = 402  # the autoregressive model's text position table (configs: max_text_tokens)
+# The reference's tts() pads the ids with one token and refuses anything not shorter than 400
+# after that, so the longest text it speaks is 398 ids; we keep its limit.
+TEXT_TOKEN_LIMIT = 398
+VOCODER_HOP = 256  # output samples per mel frame
+VOCODER_PAD_FRAMES = 10  # silent frames the reference's vocoder appends then cuts, against end clicks
+RERANK_BATCH = 64  # CLVP scores rows independently; batches only bound memory
+
+STAGES = ("autoregressive", "rerank", "latents", "diffusion", "vocoder")
+Progress = Callable[[str, int, int], None]  # (stage, step, steps)
+
+
+@dataclass
+class VoiceLatents:
+    """A voice: the autoregressive model's conditioning (1, d_ar) and the diffusion model's (1, 2 * d_diff)."""
+
+    autoregressive: torch.Tensor
+    diffusion: torch.Tensor
+
+
+@dataclass
+class Clip:
+    """One synthesized utterance: mono float32 samples at 24 kHz, the codes spoken, seconds per stage."""
+
+    samples: torch.Tensor  # (samples,)
+    sample_rate: int = SAMPLE_RATE
+    codes: torch.Tensor | None = None  # (T',) the chosen candidate's codes, cut where the audio was cut
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return self.samples.shape[-1] / self.sample_rate
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """A stage's own seed: independent streams per stage, stable across runs and machines."""
+    digest = hashlib.sha256(f"{int(seed)}:{stage}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device} requested, but torch sees no CUDA GPU here")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(network dtype, int8 autoregressive weights?) for a Settings.precision on a device."""
+    if precision == "auto":
+        # bf16 keeps fp32's range, so no overflow surprises; old GPUs without it get fp16.
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16, False
+        return torch.bfloat16, False
+    if precision == "fp32":
+        return torch.float32, False
+    if precision == "bf16":
+        return torch.bfloat16, False
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UserError("precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+        return torch.float16, False
+    if precision == "int8":
+        # Weight-only int8 for the autoregressive model (its decode loop is bandwidth-bound);
+        # activations and the other networks in bf16 on a GPU, fp32 on the CPU.
+        return (torch.bfloat16 if device.type == "cuda" else torch.float32), True
+    raise UserError(f"unknown precision {precision!r}: use auto, fp32, bf16, fp16 or int8")
+
+
+class Tortoise:
+    """All six networks, loaded once onto one device in one precision."""
+
+    sample_rate = SAMPLE_RATE
+    text_token_limit = TEXT_TOKEN_LIMIT  # most tokenizer ids one call can speak
+    max_text_tokens = MAX_TEXT_TOKENS
+
+    def __init__(self, networks: dict[str, torch.nn.Module], config: dict[str, dict], device: torch.device,
+                 dtype: torch.dtype, precision: str, models_dir: Path | None = None):
+        self.autoregressive = networks["autoregressive"]
+        self.clvp = networks["clvp2"]
+        self.diffusion = networks["diffusion_decoder"]
+        self.vocoder = networks["vocoder"]
+        self.rlg_auto = networks["rlg_auto"]
+        self.rlg_diffuser = networks["rlg_diffuser"]
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.precision = precision
+        self.models_dir = models_dir
+        self.tokenizer = Tokenizer()
+        self.vocoder_noise_dim = config["vocoder"].get("noise_dim", 64)  # UnivNetGenerator's default
+
+    @classmethod
+    def load(cls, models_dir=None, device: str | torch.device = "cpu", precision: str = "fp32") -> "Tortoise":
+        """Find the checkpoints (see checkpoints.find_models_dir), load every network strictly."""
+        device = resolve_device(device)
+        dtype, int8 = resolve_precision(precision, device)
+        folder = checkpoints.find_models_dir(models_dir)
+        config = checkpoints.read_config(folder)
+        networks = {}
+        for stem in checkpoints.FILES:
+            # The random latent generators are two small MLPs run once per voice: fp32 costs nothing.
+            stem_dtype = torch.float32 if stem.startswith("rlg") else dtype
+            networks[stem] = checkpoints.load_network(stem, folder, config, device, stem_dtype)
+        if int8:
+            from tutortoietts.engine.quant import quantize_int8
+
+            quantize_int8(networks["autoregressive"])
+        return cls(networks, config, device, dtype, precision, folder)
+
+    # -- text and voice ----------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        """Text -> the tokenizer's ids, (1, n), unpadded; a UserError past the length tts() accepts."""
+        ids = self.tokenizer.encode(text)
+        if not ids:
+            raise UserError("nothing to say: the text is empty after cleaning")
+        if len(ids) > self.text_token_limit:
+            raise UserError(
+                f"text too long for one synthesis: {len(ids)} tokens, at most {self.text_token_limit}; "
+                f"split it into shorter pieces ({text[:40]!r}...)"
+            )
+        return torch.tensor([ids], dtype=torch.long)
+
+    @torch.inference_mode()
+    def voice_latents(self, clips: list[torch.Tensor]) -> VoiceLatents:
+        """Reference clips (1-D, 22.05 kHz) -> a voice; the reference's get_conditioning_latents."""
+        from tutortoietts.engine import audio
+
+        if not clips:
+            raise UserError("a voice needs at least one reference clip")
+        # (1, clips, bands, frames): every clip is cut or padded to one length by the front-ends.
+        ar_mels = torch.stack([audio.conditioning_mel(clip.float().cpu()) for clip in clips], dim=1)
+        diffusion_mels = torch.stack([audio.diffusion_mel(clip.float().cpu()) for clip in clips], dim=1)
+        ar = self.autoregressive.conditioning_latent(ar_mels.to(self.device, self.dtype))  # (1, d_ar)
+        diffusion = self.diffusion.conditioning_latent(diffusion_mels.to(self.device, self.dtype))  # (1, 2C)
+        return VoiceLatents(ar.float().cpu(), diffusion.float().cpu())
+
+    @torch.inference_mode()
+    def random_voice(self, seed: int = 0) -> VoiceLatents:
+        """A random but consistent voice from the random latent generators."""
+        generator = torch.Generator(self.device).manual_seed(stage_seed(seed, "random_voice"))
+        ar = self.rlg_auto(1, generator=generator)  # (1, d_ar)
+        diffusion = self.rlg_diffuser(1, generator=generator)  # (1, 2C)
+        return VoiceLatents(ar.float().cpu(), diffusion.float().cpu())
+
+    # -- the stages ----------------------------------------------------------------------------
+
+    def _generator(self, seed: int, stage: str) -> torch.Generator:
+        return torch.Generator(self.device).manual_seed(stage_seed(seed, stage))
+
+    @torch.inference_mode()
+    def sample_codes(self, text_ids: torch.Tensor, voice: VoiceLatents, settings, seed: int) -> torch.Tensor:
+        """num_autoregressive_samples candidate code sequences, fixed up for CLVP and diffusion.
+        -> (num_autoregressive_samples, max_mel_tokens) int64"""
+        from tutortoietts.engine.gpt import fix_codes
+
+        codes = self.autoregressive.sample(
+            voice.autoregressive.to(self.device, self.dtype),
+            text_ids.to(self.device),
+            num_samples=settings.num_autoregressive_samples,
+            max_mel_tokens=settings.max_mel_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            repetition_penalty=settings.repetition_penalty,
+            length_penalty=settings.length_penalty,
+            batch_size=settings.autoregressive_batch_size or None,
+            generator=self._generator(seed, "autoregressive"),
+        )  # (k, T), stop-token padded
+        return fix_codes(codes).long().cpu()
+
+    @torch.inference_mode()
+    def rerank(self, text_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """CLVP's text/speech agreement per candidate: codes (k, T) -> (k,) float32, higher is better."""
+        scores = [
+            self.clvp.score(text_ids.to(self.device), part.to(self.device)).float().cpu()
+            for part in codes.split(RERANK_BATCH)
+        ]
+        return torch.cat(scores)
+
+    @torch.inference_mode()
+    def code_latents(self, text_ids: torch.Tensor, codes: torch.Tensor, voice: VoiceLatents,
+                     trim: bool = True) -> torch.Tensor:
+        """The autoregressive model's last hidden states for given codes: (k, T) -> (k, T', d_ar).
+
+        With `trim` (as tts() does) the latents end where the speech has: at the reference's
+        "more than 8 calm codes" point. Several rows share the latest such cut, so they stack.
+        """
+        from tutortoietts.engine.gpt import trim_latents_at_silence
+
+        latents = self.autoregressive.latents(
+            voice.autoregressive.to(self.device, self.dtype), text_ids.to(self.device), codes.to(self.device)
+        ).float().cpu()  # (k, T, d)
+        if trim:
+            keep = max(trim_latents_at_silence(row, lat).shape[0] for row, lat in zip(codes.cpu(), latents))
+            latents = latents[:, :keep]
+        return latents
+
+    @torch.inference_mode()
+    def diffuse(self, latents: torch.Tensor, voice: VoiceLatents, settings, noise: torch.Tensor | None = None,
+                seed: int = 0, progress: Progress | None = None) -> torch.Tensor:
+        """Latents (n, T, d_ar) -> denormalised mel (n, 100, T * 4 * 24000 // 22050), float32."""
+        from tutortoietts.engine.diffusion import sample_mel
+
+        steps = (lambda i, n: progress("diffusion", i, n)) if progress is not None else None
+        mel = sample_mel(
+            self.diffusion,
+            latents.to(self.device, self.dtype),
+            voice.diffusion.to(self.device, self.dtype),
+            steps=settings.diffusion_iterations,
+            sampler=settings.sampler,
+            cond_free=settings.cond_free,
+            cond_free_k=settings.cond_free_k,
+            temperature=settings.diffusion_temperature,
+            noise=None if noise is None else noise.to(self.device),
+            generator=self._generator(seed, "diffusion"),
+            progress=steps,
+        )
+        return mel.float().cpu()
+
+    @torch.inference_mode()
+    def vocode(self, mel: torch.Tensor, noise: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+        """Mel (n, 100, frames) -> waveform (n, 1, frames * 256) in [-1, 1], float32.
+
+        UnivNet takes a noise input; without `noise` it is drawn from the seed (never the global RNG).
+        """
+        if noise is None:
+            # One noise frame per mel frame, counting the silent frames the vocoder appends.
+            shape = (mel.shape[0], self.vocoder_noise_dim, mel.shape[2] + VOCODER_PAD_FRAMES)
+            noise = torch.randn(shape, generator=self._generator(seed, "vocoder"), device=self.device)
+        wave = self.vocoder.vocode(mel.to(self.device, self.dtype), noise.to(self.device, self.dtype))
+        return wave.float().cpu()
+
+    # -- all together --------------------------------------------------------------------------
+
+    def synthesize(self, text: str, voice: VoiceLatents, settings, seed: int = 0,
+                   progress: Progress | None = None) -> Clip:
+        """The reference tts() with k=1: sample, rerank, keep the best, latents, trim, diffuse, vocode."""
+        from tutortoietts.profiling import StageTimer
+
+        timer = StageTimer(self.device)
+        report = progress or (lambda stage, step, steps: None)
+        text_ids = self.tokenize(text)
+        with timer.stage("autoregressive"):
+            report("autoregressive", 0, 1)
+            codes = self.sample_codes(text_ids, voice, settings, seed)  # (k, T)
+        with timer.stage("rerank"):
+            report("rerank", 0, 1)
+            scores = self.rerank(text_ids, codes)  # (k,)
+            best = codes[torch.topk(scores, k=1).indices]  # (1, T); topk picks as the reference does
+        with timer.stage("latents"):
+            report("latents", 0, 1)
+            latents = self.code_latents(text_ids, best, voice)  # (1, T', d)
+        with timer.stage("diffusion"):
+            mel = self.diffuse(latents, voice, settings, seed=seed, progress=progress)  # (1, 100, frames)
+        with timer.stage("vocoder"):
+            report("vocoder", 0, 1)
+            wave = self.vocode(mel, seed=seed)  # (1, 1, samples)
+        return Clip(
+            samples=wave.reshape(-1),
+            sample_rate=SAMPLE_RATE,
+            codes=best[0, : latents.shape[1]],
+            timings=dict(timer.seconds),
+        )
