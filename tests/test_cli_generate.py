@@ -45,7 +45,7 @@ def workspace(tmp_path_factory):
         wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * np.random.default_rng(i).standard_normal(t.size)
         soundfile.write(voice / f"{i}.wav", wave.astype(np.float32), rate)
     env = {**os.environ, "TUTORTOIETTS_CACHE": str(root / "cache"), "TUTORTOIETTS_VOICES": str(root / "no-user-voices"),
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "160"}
     return {"root": root, "voice": voice, "env": env}
 
 
@@ -80,3 +80,116 @@ def test_user_mistakes_are_one_line(workspace, tmp_path):
     assert "weights not found" in one_error_line(cli(*base, env=env, check=False))
     assert "--format" in one_error_line(cli(*base[:-4], "--format", "ogg", env=env, check=False))
     assert "--voice" in one_error_line(cli("generate", book, env=env, check=False))
+
+
+def ffprobe(path):
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_chapters", "-show_format", "-of", "json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def decoded_pcm(path):
+    """The output's audio as ffmpeg decodes it: what a listener hears, byte for byte."""
+    return subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-"],
+                          capture_output=True, check=True).stdout
+
+
+def job_rows(job_dir):
+    db = sqlite3.connect(job_dir / "job.sqlite")
+    try:
+        return db.execute("SELECT chapter, idx, status, attempts, checksum, duration, pause_after, audio_path"
+                          " FROM chunks ORDER BY chapter, idx").fetchall()
+    finally:
+        db.close()
+
+
+def chunk_pcm(job_dir):
+    return {path.name: soundfile.read(path, dtype="float32")[0] for path in sorted((job_dir / "chunks").glob("*.wav"))}
+
+
+def done_count(job_dir):
+    try:
+        db = sqlite3.connect(f"file:{job_dir / 'job.sqlite'}?mode=ro", uri=True, timeout=1)
+        try:
+            return db.execute("SELECT COUNT(*) FROM chunks WHERE status='done'").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.skipif(ffmpeg_missing, reason="ffmpeg/ffprobe not installed")
+def test_book_to_m4b_rerun_and_resume(workspace, models, tmp_path):
+    from tutortoietts.manuscript import read_book
+    from tutortoietts.stitch import pause_seconds
+
+    env, voice = workspace["env"], workspace["voice"]
+    book = EXAMPLE_BOOK
+    common = ["--voice", voice, "--models-dir", models, *FAST, "--seed", "3"]
+    out = tmp_path / "book-job"
+
+    first = cli("generate", book, "--out", out, *common, env=env)
+    outputs = first.stdout.strip().splitlines()
+    assert len(outputs) == 1 and outputs[0].endswith(".m4b"), first.stdout
+    m4b = Path(outputs[0])
+    rows = job_rows(out)
+    print(f"first run {first.seconds:.1f} s, {len(rows)} chunks")
+    print(first.stderr[-1500:])
+    assert rows and all(status == "done" and attempts == 1 for _, _, status, attempts, *_ in rows)
+
+    # Chapters: count and titles as the manuscript has them.
+    probe = ffprobe(m4b)
+    expected_titles = [chapter.title for chapter in read_book(book).chapters]
+    titles = [chapter["tags"]["title"] for chapter in probe["chapters"]]
+    assert titles == expected_titles
+    # Duration: every chunk plus the pause after it (AAC adds at most a frame or two of padding).
+    expected = sum(duration + pause_seconds(pause) for *_, duration, pause, _ in rows)
+    duration = float(probe["format"]["duration"])
+    print(f"m4b duration {duration:.3f} s, chunks + pauses {expected:.3f} s")
+    assert abs(duration - expected) < 0.1
+
+    # Second run: nothing rendered, nothing loaded, the same sound.
+    pcm = decoded_pcm(m4b)
+    first_stamps = {path.name: path.stat().st_mtime_ns for path in (out / "chunks").glob("*.wav")}
+    second = cli("generate", book, "--out", out, *common, env=env)
+    print(f"re-run {second.seconds:.1f} s")
+    print(second.stderr[-1500:])
+    assert job_rows(out) == rows and decoded_pcm(m4b) == pcm  # attempts still 1: nothing rendered
+    assert {path.name: path.stat().st_mtime_ns for path in (out / "chunks").glob("*.wav")} == first_stamps
+
+    # Kill a fresh job (own cache, so nothing comes from the first run) after 2 chunks, then resume.
+    resumed = tmp_path / "resumed-job"
+    kill_env = {**env, "TUTORTOIETTS_CACHE": str(tmp_path / "kill-cache")}
+    process = subprocess.Popen([sys.executable, "-m", "tutortoietts.cli", "generate", str(book), "--out", str(resumed),
+                                *map(str, common), "--quiet"], env=kill_env, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while done_count(resumed) < 2 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = [row for row in job_rows(resumed) if row[2] == "done"]
+    stamps = {path.name: path.stat().st_mtime_ns for path in (resumed / "chunks").glob("*.wav")}
+    print(f"killed with {len(before)} of {len(rows)} chunks done")
+    assert 2 <= len(before) < len(rows)
+    third = cli("generate", book, "--out", resumed, *common, env=kill_env)
+    print(f"resume {third.seconds:.1f} s")
+    after = job_rows(resumed)
+    assert all(status == "done" and attempts == 1 for _, _, status, attempts, *_ in after)
+    # Chunks finished before the kill were not rendered or written again.
+    for name, stamp in stamps.items():
+        assert (resumed / "chunks" / name).stat().st_mtime_ns == stamp, name
+    # Resumed == uninterrupted, chunk by chunk and in the final file.
+    reference, got = chunk_pcm(out), chunk_pcm(resumed)
+    assert reference.keys() == got.keys()
+    worst = max(float(np.abs(reference[k] - got[k]).max()) for k in reference)
+    print(f"resumed vs uninterrupted chunks: max|diff| = {worst:.3e}")
+    assert worst == 0.0
+    assert decoded_pcm(next(resumed.glob("*.m4b"))) == pcm
+
+    # The cache saw it all: the kill run's cache stats, as the command prints them.
+    stats = cli("cache", "stats", env=kill_env)
+    print(stats.stdout)
+    jobs = cli("jobs", tmp_path, env=env)
+    print(jobs.stdout)
+    assert "book-job" in jobs.stdout and "resumed-job" in jobs.stdout

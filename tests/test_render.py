@@ -60,7 +60,7 @@ class FakeEngine:
         generator = torch.Generator().manual_seed(seed + settings.diffusion_iterations)
         return latents.transpose(1, 2) + 0.01 * torch.randn(latents.shape[0], 1, latents.shape[1], generator=generator)
 
-    def vocode(self, mel):
+    def vocode(self, mel, noise=None, seed=0):
         return mel.repeat_interleave(256, dim=-1).unsqueeze(1)
 
 

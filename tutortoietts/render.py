@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from tutortoietts.cache import ARResult, Cache, ar_key, audio_key, voice_key
 from tutortoietts.errors import UserError
 from tutortoietts.jobs import ChunkRow, Job, PlannedChunk, chunk_seed, default_job_dir
@@ -107,6 +109,18 @@ def resolve_weights(models_dir: Path | None) -> tuple[Path, str]:
     return directory, weights_fingerprint(directory)
 
 
+def concrete_precision(settings, device: str):
+    """Settings with precision "auto" replaced by what it means on this device, so cache keys
+    never mix bf16 results from a GPU with fp32 ones from a CPU."""
+    if settings.precision != "auto":
+        return settings
+    from tutortoietts.engine.pipeline import resolve_device, resolve_precision
+
+    dtype, _ = resolve_precision("auto", resolve_device(device))
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return settings.replace(precision=names[dtype])
+
+
 def plan_render(request: RenderRequest) -> Plan:
     """Everything that needs no network weights: cheap, and every user mistake surfaces here."""
     from tutortoietts.chunking import ChunkLimits, chunk_book
@@ -119,7 +133,7 @@ def plan_render(request: RenderRequest) -> Plan:
     overrides = dict(request.overrides)
     if request.precision is not None:
         overrides["precision"] = request.precision
-    settings = load_preset(request.preset, **overrides)
+    settings = concrete_precision(load_preset(request.preset, **overrides), request.device)
     voice = find_voice(request.voice)
     voice_fp = voice_fingerprint(voice, request.seed)
     models_dir, weights_fp = resolve_weights(request.models_dir)
@@ -151,6 +165,14 @@ class LazyEngine:
         self._loader = loader
         self._tts = None
         self._voice = None
+        self.setup_failed = False  # a load or voice error would fail every chunk alike: the loop stops
+
+    def _setup(self, make):
+        try:
+            return make()
+        except Exception:
+            self.setup_failed = True
+            raise
 
     @property
     def loaded(self) -> bool:
@@ -163,7 +185,7 @@ class LazyEngine:
                 from tutortoietts.engine.pipeline import Tortoise
 
                 loader = Tortoise.load
-            self._tts = loader(self.plan.models_dir, self.request.device, self.plan.settings.precision)
+            self._tts = self._setup(lambda: loader(self.plan.models_dir, self.request.device, self.plan.settings.precision))
         return self._tts
 
     def voice_latents(self):
@@ -172,7 +194,7 @@ class LazyEngine:
             return self._voice
         tts = self.tts()
         if self.plan.voice.is_random:
-            self._voice = tts.random_voice(self.request.seed)  # cheap: one small generator forward
+            self._voice = self._setup(lambda: tts.random_voice(self.request.seed))  # cheap: two small MLPs
             return self._voice
         from tutortoietts.engine.pipeline import VoiceLatents
 
@@ -181,7 +203,7 @@ class LazyEngine:
         if cached is not None:
             self._voice = VoiceLatents(cached["autoregressive"], cached["diffusion"])
         else:
-            self._voice = tts.voice_latents(load_voice_clips(self.plan.voice))
+            self._voice = self._setup(lambda: tts.voice_latents(load_voice_clips(self.plan.voice)))
             self.cache.put_voice_latents(key, self._voice.autoregressive, self._voice.diffusion, self.plan.weights_fp)
         return self._voice
 
@@ -191,15 +213,15 @@ def autoregressive_stage(tts, text: str, voice, settings, seed: int) -> ARResult
     text_ids = tts.tokenize(text)
     codes = tts.sample_codes(text_ids, voice, settings, seed)  # (n, T)
     scores = tts.rerank(text_ids, codes)  # (n,)
-    chosen = int(scores.argmax())
+    chosen = int(torch.topk(scores, k=1).indices[0])  # topk, as synthesize picks (ties included)
     latents = tts.code_latents(text_ids, codes[chosen : chosen + 1], voice)  # (1, T', d)
     return ARResult(codes=codes.cpu(), scores=scores.float().cpu(), chosen=chosen, latents=latents.float().cpu())
 
 
 def audio_stage(tts, result: ARResult, voice, settings, seed: int):
     """Diffusion then vocoder on (maybe cached) latents: (samples (n,), sample_rate)."""
-    mel = tts.diffuse(result.latents, voice, settings, seed=seed)
-    wave = tts.vocode(mel)
+    mel = tts.diffuse(result.latents, voice, settings, seed=seed)  # (1, 100, frames)
+    wave = tts.vocode(mel, seed=seed)  # (1, 1, samples)
     return wave.reshape(-1).float().cpu(), tts.sample_rate
 
 
@@ -263,9 +285,10 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
                 samples, rate, source = render_chunk(engine, cache, plan, row)
                 job.write_chunk(row, samples, rate, time.perf_counter() - chunk_start)
                 audio_seconds += samples.numel() / rate
-            except (UserError, OSError):
-                raise  # bad voice clips, missing weights, a full disk: every chunk would fail alike, stop now
-            except Exception as error:  # one chunk's bug or numerical failure: keep going with the rest
+            except Exception as error:
+                if engine.setup_failed or isinstance(error, OSError):
+                    raise  # bad weights or voice clips, a full disk: every chunk would fail alike, stop now
+                # This chunk's own problem (text the engine refuses, a numerical failure): keep going.
                 message = f"{type(error).__name__}: {error}"
                 job.mark_failed(row, message, time.perf_counter() - chunk_start)
                 failures.append((row, message))
@@ -301,7 +324,10 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
 
 
 def stitch_job(job: Job, plan: Plan, request: RenderRequest) -> list[Path]:
-    """Chapters from the job's chunk files (with their pauses), loudness-matched, exported."""
+    """Chapters from the job's chunk files and pauses, one loudness gain for the book, exported.
+
+    Returns the book file first, then the per-chapter files.
+    """
     from tutortoietts.stitch import Segment, assemble_chapter, export_book, normalise_loudness
 
     chapters: dict[int, list] = {}
@@ -309,10 +335,9 @@ def stitch_job(job: Job, plan: Plan, request: RenderRequest) -> list[Path]:
     for row in job.rows():
         chapters.setdefault(row.chapter, []).append(Segment(job.directory / row.audio_path, row.pause_after))
         titles[row.chapter] = row.chapter_title
-    assembled = []
-    for number, chapter in enumerate(sorted(chapters)):
-        samples = normalise_loudness(assemble_chapter(chapters[chapter]))
-        assembled.append((titles[chapter] or f"Chapter {number + 1}", samples))
+    order = sorted(chapters)
+    samples = normalise_loudness([assemble_chapter(chapters[number]) for number in order])
+    named = [(titles[number] or f"Chapter {position + 1}", audio) for position, (number, audio) in enumerate(zip(order, samples))]
     title = request.title or getattr(plan.book, "title", "") or plan.book_path.stem
-    outputs = export_book(chapters=assembled, out_dir=job.directory, fmt=request.fmt, title=title, author=request.author)
-    return [Path(p) for p in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+    result = export_book(chapters=named, out_dir=job.directory, fmt=request.fmt, title=title, author=request.author)
+    return result.paths()
