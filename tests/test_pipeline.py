@@ -20,8 +20,18 @@ SETTINGS = Settings(
 TEXT = "Hello there, 2 worlds."
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny matrices: thread hand-offs cost more than they save, and on a busy machine spinning
+    # OpenMP workers make the decode loop ~50x slower. Restored for the other test files.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def tts(tiny_models_dir):
+def tts(tiny_models_dir, one_thread):
     return Tortoise.load(tiny_models_dir, device="cpu", precision="fp32")
 
 

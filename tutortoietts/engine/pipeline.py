@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from tutortoietts.engine import checkpoints
-from tutortoietts.engine.tokenizer import Tokenizer
+from tutortoietts.engine.tokenizer import Tokenizer, clean
 from tutortoietts.errors import UserError
 
 SAMPLE_RATE = 24000  # the vocoder's output rate
@@ -144,7 +144,7 @@ class Tortoise:
     def tokenize(self, text: str) -> torch.Tensor:
         """Text -> the tokenizer's ids, (1, n), unpadded; a UserError past the length tts() accepts."""
         ids = self.tokenizer.encode(text)
-        if not ids:
+        if not clean(text).strip():  # a lone [SPACE] token is no speech either
             raise UserError("nothing to say: the text is empty after cleaning")
         if len(ids) > self.text_token_limit:
             raise UserError(
