@@ -19,16 +19,13 @@ from tutortoietts.engine import audio
 from tutortoietts.errors import UserError
 
 
-def test_clip(samples: int, sample_rate: int, seed: int = 0) -> torch.Tensor:
+def speech_like_clip(samples: int, sample_rate: int, seed: int = 0) -> torch.Tensor:
     """Speech-like test signal: a few harmonics plus broadband noise, so every mel band has energy."""
     generator = torch.Generator().manual_seed(seed)
     t = torch.arange(samples, dtype=torch.float64) / sample_rate
     wave = sum(0.2 / k * torch.sin(2 * math.pi * 180.0 * k * t + k) for k in range(1, 8))
     wave = wave + 0.03 * torch.randn(samples, generator=generator, dtype=torch.float64)
     return wave.float()
-
-
-test_clip.__test__ = False  # a helper, not a test
 
 
 # --- mel spectrograms -------------------------------------------------------------------------
@@ -44,7 +41,7 @@ def test_mel_filterbank_matches_librosa(scale, rate, bands, f_max):
 
 
 def test_univnet_mel_matches_reference():
-    wave = test_clip(36000, 24000)[None]  # (1, S) at 24 kHz
+    wave = speech_like_clip(36000, 24000)[None]  # (1, S) at 24 kHz
     theirs = wav_to_univnet_mel(wave, do_normalization=False, device="cpu")
     ours = audio.univnet_mel(wave)
     assert ours.shape == theirs.shape == (1, 100, 36000 // 256 + 1)
@@ -54,14 +51,14 @@ def test_univnet_mel_matches_reference():
 
 def test_diffusion_mel_is_reference_recipe():
     """Resample, pad to 102400 at the end, then the reference's mel (here with our resampler)."""
-    clip = test_clip(50000, 22050)
+    clip = speech_like_clip(50000, 22050)
     at_24k = audio.resample(clip, 22050, 24000)
     theirs = wav_to_univnet_mel(F.pad(at_24k, (0, 102400 - at_24k.shape[-1]))[None], do_normalization=False, device="cpu")
     ours = audio.diffusion_mel(clip)
     assert ours.shape == (1, 100, 401)
     diff, _ = report("diffusion mel (short clip, padded)", ours, theirs)
     assert diff <= 1e-4
-    long_clip = test_clip(120000, 22050, seed=1)
+    long_clip = speech_like_clip(120000, 22050, seed=1)
     ours_long = audio.diffusion_mel(long_clip[None])
     truncated = audio.resample(long_clip, 22050, 24000)[:102400]
     diff, _ = report("diffusion mel (long clip, truncated)", ours_long, wav_to_univnet_mel(truncated[None], device="cpu"))
@@ -80,7 +77,7 @@ def librosa_conditioning_mel(clip: np.ndarray) -> torch.Tensor:
 
 
 def test_conditioning_mel_long_clip_is_centre_cropped():
-    clip = test_clip(140001, 22050)
+    clip = speech_like_clip(140001, 22050)
     start = (140001 - 132300) // 2
     theirs = librosa_conditioning_mel(clip[start:start + 132300].numpy().astype(np.float64))
     ours = audio.conditioning_mel(clip)
@@ -90,7 +87,7 @@ def test_conditioning_mel_long_clip_is_centre_cropped():
 
 
 def test_conditioning_mel_short_clip_is_zero_padded():
-    clip = test_clip(30000, 22050, seed=2)
+    clip = speech_like_clip(30000, 22050, seed=2)
     theirs = librosa_conditioning_mel(np.pad(clip.numpy().astype(np.float64), (0, 132300 - 30000)))
     ours = audio.conditioning_mel(clip[None])
     diff, _ = report("conditioning mel (padded)", ours, theirs)
@@ -157,7 +154,7 @@ def test_resample_round_trip_of_band_limited_signal():
 
 
 def test_load_wav_keeps_first_channel_and_resamples(tmp_path):
-    left = test_clip(24000, 24000).numpy()
+    left = speech_like_clip(24000, 24000).numpy()
     right = -0.5 * left
     path = tmp_path / "stereo.wav"
     soundfile.write(path, np.stack([left, right], axis=1), 24000, subtype="PCM_16")
@@ -172,7 +169,7 @@ def test_load_wav_keeps_first_channel_and_resamples(tmp_path):
 
 
 def test_load_flac_at_native_rate(tmp_path):
-    wave = test_clip(5000, 22050).numpy()
+    wave = speech_like_clip(5000, 22050).numpy()
     path = tmp_path / "voice.flac"
     soundfile.write(path, wave, 22050)
     clip = audio.load_clip(path, 22050)
@@ -184,7 +181,7 @@ def test_load_flac_at_native_rate(tmp_path):
 def test_load_mp3_through_ffmpeg(tmp_path):
     from pydub import AudioSegment
 
-    wave = test_clip(22050, 22050).numpy()
+    wave = speech_like_clip(22050, 22050).numpy()
     wav_path = tmp_path / "tone.wav"
     soundfile.write(wav_path, wave, 22050, subtype="PCM_16")
     AudioSegment.from_wav(wav_path).export(tmp_path / "tone.mp3", format="mp3", bitrate="192k")

@@ -102,8 +102,7 @@ def test_clvp_bf16_stays_close(clvp_pair):
     scores = low.to(torch.bfloat16).score(text, codes)
     diff, scale = report("clvp scores bf16 vs reference fp32", scores, theirs)
     assert scores.dtype == torch.float32
-    assert diff <= 3e-2 * scale  # bf16 carries ~3 significant digits through 2 x 2 layers
-    assert torch.equal(scores.argsort(), theirs.argsort()) or diff <= 1e-2 * scale
+    assert diff <= 1e-2 * scale  # bf16 keeps ~3 significant digits; norms and pooling run in fp32
 
 
 def test_clvp_state_dict_round_trips(clvp_pair):
