@@ -254,8 +254,6 @@ def random_state_dict(stem: str, config: dict[str, dict], seed: int = 0) -> dict
 
 def write_random_checkpoints(models_dir, config: str | dict = "tiny", seed: int = 0) -> Path:
     """All six files in the official format, random weights, plus tortoise-config.json. -> the folder"""
-    models_dir = Path(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(config, str):
         if config not in configs.NAMED:
             raise UserError(f"unknown config {config!r}: expected one of {', '.join(configs.NAMED)}")
@@ -263,6 +261,8 @@ def write_random_checkpoints(models_dir, config: str | dict = "tiny", seed: int 
     else:
         overrides = config
     resolved = configs.resolve(overrides)
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
     for stem, filename in FILES.items():
         state = random_state_dict(stem, resolved, seed)
         payload = {"model_g": state} if stem == "vocoder" else state  # vocoder.pth is a training checkpoint
