@@ -155,3 +155,13 @@ def test_bf16_runs(tiny_models_dir, voice):
 def test_missing_weights_is_user_error(tmp_path):
     with pytest.raises(UserError, match="tutortoietts models download"):
         Tortoise.load(tmp_path)
+
+
+def test_int8_autoregressive(tiny_models_dir, voice):
+    from tutortoietts.engine.quant import Int8Linear
+
+    tts = Tortoise.load(tiny_models_dir, precision="int8")
+    assert any(isinstance(m, Int8Linear) for m in tts.autoregressive.modules())
+    text_ids = tts.tokenize(TEXT)
+    codes = tts.sample_codes(text_ids, voice, SETTINGS, seed=7)
+    assert codes.shape == (SETTINGS.num_autoregressive_samples, SETTINGS.max_mel_tokens)

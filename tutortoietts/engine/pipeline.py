@@ -29,7 +29,6 @@ MAX_TEXT_TOKENS = 402  # the autoregressive model's text position table (configs
 # after that, so the longest text it speaks is 398 ids; we keep its limit.
 TEXT_TOKEN_LIMIT = 398
 VOCODER_HOP = 256  # output samples per mel frame
-VOCODER_PAD_FRAMES = 10  # silent frames the reference's vocoder appends then cuts, against end clicks
 RERANK_BATCH = 64  # CLVP scores rows independently; batches only bound memory
 
 STAGES = ("autoregressive", "rerank", "latents", "diffusion", "vocoder")
@@ -119,7 +118,6 @@ class Tortoise:
         self.precision = precision
         self.models_dir = models_dir
         self.tokenizer = Tokenizer()
-        self.vocoder_noise_dim = config["vocoder"].get("noise_dim", 64)  # UnivNetGenerator's default
 
     @classmethod
     def load(cls, models_dir=None, device: str | torch.device = "cpu", precision: str = "fp32") -> "Tortoise":
@@ -134,9 +132,9 @@ class Tortoise:
             stem_dtype = torch.float32 if stem.startswith("rlg") else dtype
             networks[stem] = checkpoints.load_network(stem, folder, config, device, stem_dtype)
         if int8:
-            from tutortoietts.engine.quant import quantize_int8
+            from tutortoietts.engine.quant import quantize_autoregressive
 
-            quantize_int8(networks["autoregressive"])
+            quantize_autoregressive(networks["autoregressive"])
         return cls(networks, config, device, dtype, precision, folder)
 
     # -- text and voice ----------------------------------------------------------------------
@@ -253,13 +251,14 @@ class Tortoise:
     def vocode(self, mel: torch.Tensor, noise: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
         """Mel (n, 100, frames) -> waveform (n, 1, frames * 256) in [-1, 1], float32.
 
-        UnivNet takes a noise input; without `noise` it is drawn from the seed (never the global RNG).
+        UnivNet takes a noise input (n, noise_dim, frames + 10); without `noise` it is drawn from
+        the seed, never from the global RNG.
         """
-        if noise is None:
-            # One noise frame per mel frame, counting the silent frames the vocoder appends.
-            shape = (mel.shape[0], self.vocoder_noise_dim, mel.shape[2] + VOCODER_PAD_FRAMES)
-            noise = torch.randn(shape, generator=self._generator(seed, "vocoder"), device=self.device)
-        wave = self.vocoder.vocode(mel.to(self.device, self.dtype), noise.to(self.device, self.dtype))
+        wave = self.vocoder.vocode(
+            mel.to(self.device, self.dtype),
+            None if noise is None else noise.to(self.device, self.dtype),
+            generator=self._generator(seed, "vocoder"),
+        )
         return wave.float().cpu()
 
     # -- all together --------------------------------------------------------------------------
