@@ -152,6 +152,16 @@ def test_a_word_too_long_to_speak_is_a_user_error():
         chunk_text("x" * 2000, ChunkLimits())
 
 
+def test_tiny_mel_budget_keeps_words_whole():
+    # Smoke runs ask for very few mel tokens; a word longer than that budget still goes, alone.
+    limits = ChunkLimits(max_mel_tokens=40)
+    chunks = chunk_text("Oil cost $4.50 a can that winter, said Dr. Merriweather.", limits)
+    print(f"[chunking] max_mel_tokens=40: {chunks}")
+    assert "$4.50" in chunks
+    assert " ".join(chunks).split() == "Oil cost $4.50 a can that winter, said Dr. Merriweather.".split()
+    assert all(text_tokens(chunk) <= limits.max_text_tokens for chunk in chunks)
+
+
 def test_chunk_book_pauses_indices_and_titles():
     book = Book(
         title="T",

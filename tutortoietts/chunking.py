@@ -180,7 +180,11 @@ def split_long(sentence: str, max_chars: int, limits: ChunkLimits) -> list[str]:
         return pack(pieces, [max_chars] * len(pieces), limits)
     words = WORD.findall(sentence)
     if len(words) == 1:
-        raise UserError(f"a single word is too long to speak: '{sentence[:40]}...' ({len(sentence)} characters)")
+        # One word cannot be cut. Past the text window the model cannot take it at all; past the
+        # size target or the (estimated) mel budget it merely runs long, so it goes alone.
+        if text_tokens(sentence) > limits.max_text_tokens:
+            raise UserError(f"a single word is too long to speak: '{sentence[:40]}...' ({len(sentence)} characters)")
+        return [sentence]
     return pack(words, [max_chars] * len(words), limits)
 
 

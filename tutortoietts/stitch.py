@@ -133,7 +133,7 @@ def loudness(chapters: list[np.ndarray]) -> tuple[float, float]:
     count = sum(len(c) for c in chapters)
     peak = max((float(np.max(np.abs(c))) for c in chapters if len(c)), default=0.0)
     rms = (total / count) ** 0.5 if count else 0.0
-    to_db = lambda value: 20 * np.log10(value) if value > 0 else -np.inf  # noqa: E731
+    to_db = lambda value: float(20 * np.log10(value)) if value > 0 else float("-inf")  # noqa: E731
     return to_db(rms), to_db(peak)
 
 
