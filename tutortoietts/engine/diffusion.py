@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from tutortoietts.engine import samplers
-from tutortoietts.errors import UserError
 
 # The normalised mel the decoder works in maps [-1, 1] onto this log-mel range (the reference's
 # TACOTRON_MEL_MIN / TACOTRON_MEL_MAX).
@@ -272,6 +271,7 @@ def sample_mel(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
+    spacing: str | None = None,
 ) -> torch.Tensor:
     """Diffuse AR latents into a denormalised mel: the reference's `do_spectrogram_diffusion`. -> (n, 100, frames)
 
@@ -279,10 +279,9 @@ def sample_mel(
     (n, 100, frames); x_T = noise * temperature, as the reference draws randn * temperature. When
     `noise` is None it is drawn from `generator` (else the global RNG), and so is DDPM's per-step
     noise, in the reference's order: with the same seed, sampler="ddpm" reproduces the reference.
+    `spacing` overrides the sampler's timestep spacing ("even" = the reference's, "log_snr").
     """
-    if sampler not in samplers.SAMPLER_NAMES:
-        raise UserError(f"unknown sampler {sampler!r} (expected one of {', '.join(samplers.SAMPLER_NAMES)})")
-    schedule = samplers.respaced_schedule(steps)
+    schedule = samplers.schedule_for(sampler, steps, spacing)
     frames = output_frames(latents.shape[1])
     shape = (latents.shape[0], net.in_channels, frames)
     precomputed = net.timestep_independent(latents, cond, frames, conditioning_free=cond_free)
@@ -302,16 +301,17 @@ def sampler_fidelity(
     net: DiffusionDecoder,
     latents: torch.Tensor,
     cond: torch.Tensor,
-    candidates: dict[str, tuple[str, int]],
+    candidates: dict[str, tuple],
     *,
-    reference: tuple[str, int] = ("ddim", 200),
+    reference: tuple = ("ddim", 200),
     cond_free: bool = True,
     cond_free_k: float = 2.0,
     seed: int = 0,
 ) -> dict[str, float]:
     """How far each (sampler, steps) candidate lands from a many-step deterministic mel, same x_T.
 
-    Returns the RMS log-mel difference per candidate name. The reference run (default 200-step
+    A candidate is (sampler, steps) or (sampler, steps, spacing). Returns the RMS log-mel
+    difference per candidate name. The reference run (default 200-step
     DDIM, the probability-flow solution the fast samplers approximate) and every candidate start
     from one seeded draw; DDPM candidates take their per-step noise from the same seed too. Used by
     the tests on a tiny net and by `bench` at full size.
@@ -319,11 +319,11 @@ def sampler_fidelity(
     frames = output_frames(latents.shape[1])
     noise = torch.randn((latents.shape[0], net.in_channels, frames), generator=torch.Generator().manual_seed(seed))
 
-    def run(sampler: str, steps: int) -> torch.Tensor:
+    def run(sampler: str, steps: int, spacing: str | None = None) -> torch.Tensor:
         generator = torch.Generator(device=latents.device).manual_seed(seed + 1)
         return sample_mel(
             net, latents, cond, steps=steps, sampler=sampler, cond_free=cond_free, cond_free_k=cond_free_k,
-            temperature=1.0, noise=noise, generator=generator,
+            temperature=1.0, noise=noise, generator=generator, spacing=spacing,
         )
 
     target = run(*reference)

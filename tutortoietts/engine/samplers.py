@@ -66,10 +66,16 @@ def spaced_timesteps(trained_steps: int, count: int) -> list[int]:
 
 @dataclass(frozen=True, eq=False)
 class Schedule:
-    """A respaced diffusion process: the kept trained timesteps and their cumulative alphas (float64)."""
+    """A sampling schedule: the trained timesteps visited and their cumulative alphas (float64).
+
+    Index i runs over the visited timesteps in increasing noise; a sampler goes from the last
+    index down to 0 and then to the clean signal. Between two visited timesteps the process is
+    the reference's respaced one: its betas are re-derived from the alphas of its neighbours.
+    """
 
     timesteps: np.ndarray  # (N,) int64, increasing: the trained timestep the network sees at index i
     alphas_cumprod: np.ndarray  # (N,) float64
+    guidance_ramp: np.ndarray  # (N,) fraction of cond_free_k applied at index i
 
     @property
     def num_steps(self) -> int:
@@ -106,25 +112,68 @@ class Schedule:
         return math.log(self.alpha(i)) - math.log(self.sigma(i))
 
 
+def trained_alphas_cumprod(trained_steps: int = TRAINED_STEPS) -> np.ndarray:
+    return np.cumprod(1.0 - linear_betas(trained_steps))
+
+
 def respaced_schedule(steps: int, trained_steps: int = TRAINED_STEPS) -> Schedule:
-    """The `steps`-step process the reference's SpacedDiffusion builds from the linear schedule."""
+    """The `steps`-step process the reference's SpacedDiffusion builds: evenly spaced trained timesteps."""
     if not 2 <= steps <= trained_steps:
         raise UserError(f"diffusion steps must be between 2 and {trained_steps}, got {steps}")
     kept = spaced_timesteps(trained_steps, steps)
-    trained_cumprod = np.cumprod(1.0 - linear_betas(trained_steps))
+    kept_cumprod = trained_alphas_cumprod(trained_steps)[kept]
     # The reference re-derives betas between kept steps and takes their cumprod again; doing the
     # same keeps our float64 alphas bit-identical to its.
-    kept_cumprod = trained_cumprod[kept]
     betas = 1.0 - kept_cumprod / np.append(1.0, kept_cumprod[:-1])
-    return Schedule(timesteps=np.asarray(kept, dtype=np.int64), alphas_cumprod=np.cumprod(1.0 - betas))
+    # The reference's guidance ramp, 1 - i/N: none at pure noise, full strength on the last step.
+    ramp = 1.0 - np.arange(steps) / steps
+    return Schedule(np.asarray(kept, dtype=np.int64), np.cumprod(1.0 - betas), ramp)
+
+
+def log_snr_schedule(steps: int, trained_steps: int = TRAINED_STEPS) -> Schedule:
+    """`steps` trained timesteps evenly spaced in log-SNR (lambda), both ends included.
+
+    DPM-Solver's step error grows with the lambda gap h of each step (Lu et al. 2022, Sec. 3.3).
+    Even spacing in trained time leaves, for this linear schedule, one huge final gap (at 20 steps
+    lambda jumps 1.7 -> 5.3 on the last step while every other step is < 0.7), which dominates
+    the error; even lambda spacing removes it. Timesteps are rounded to trained integers: the
+    network only saw those.
+    """
+    if not 2 <= steps <= trained_steps:
+        raise UserError(f"diffusion steps must be between 2 and {trained_steps}, got {steps}")
+    cumprod = trained_alphas_cumprod(trained_steps)
+    lambdas = 0.5 * (np.log(cumprod) - np.log1p(-cumprod))  # (trained,) decreasing in t
+    targets = np.linspace(lambdas[0], lambdas[-1], steps)  # decreasing, so the timesteps come out increasing
+    # np.interp wants increasing x: walk the trained lambdas from the noisy end.
+    times = np.interp(targets, lambdas[::-1], np.arange(trained_steps - 1, -1, -1, dtype=np.float64))
+    kept = np.round(times).astype(np.int64)
+    # Near t = 0 one trained step spans more lambda than the even gap, so rounding can repeat a
+    # timestep; nudge repeats to the next free integer (from below, then capped from above).
+    for k in range(1, steps):
+        kept[k] = max(kept[k], kept[k - 1] + 1)
+    for k in range(steps - 2, -1, -1):
+        kept[k] = min(kept[k], kept[k + 1] - 1)
+    # The reference's ramp 1 - i/N at its own timesteps tends to 1 - t/(trained - 1) as N grows:
+    # the same guidance at each noise level as a many-step reference run.
+    ramp = 1.0 - kept / (trained_steps - 1)
+    return Schedule(kept, cumprod[kept], ramp)
+
+
+SPACINGS = {"even": respaced_schedule, "log_snr": log_snr_schedule}
+DEFAULT_SPACING = {"ddpm": "even", "ddim": "even", "dpmpp2m": "log_snr"}
+
+
+def schedule_for(sampler: str, steps: int, spacing: str | None = None) -> Schedule:
+    """The schedule a sampler runs on: the reference's even spacing, or log-SNR for DPM-Solver++."""
+    if sampler not in SAMPLER_NAMES:
+        raise UserError(f"unknown sampler {sampler!r} (expected one of {', '.join(SAMPLER_NAMES)})")
+    spacing = spacing or DEFAULT_SPACING[sampler]
+    if spacing not in SPACINGS:
+        raise UserError(f"unknown timestep spacing {spacing!r} (expected one of {', '.join(SPACINGS)})")
+    return SPACINGS[spacing](steps)
 
 
 # --- guidance: one batched network call -> one prediction -----------------------------------
-
-
-def guidance_strength(cond_free_k: float, i: int, num_steps: int) -> float:
-    """The reference's ramp: no guidance at pure noise, full `cond_free_k` at the last step."""
-    return cond_free_k * (1.0 - i / num_steps)
 
 
 def guided_model(
@@ -138,7 +187,7 @@ def guided_model(
 
     With `cond_free`, the network is called once on [x; x] (its conditioned and unconditioned
     embeddings stacked in the same order, see DiffusionDecoder.timestep_independent) and epsilon
-    is blended as eps = (1 + k) eps_cond - k eps_uncond, k ramped by `guidance_strength`. The
+    is blended as eps = (1 + k) eps_cond - k eps_uncond, k = cond_free_k x the schedule's ramp. The
     variance channels come from the conditioned half only, as in the reference.
     """
 
@@ -149,7 +198,7 @@ def guided_model(
         out = network_call(torch.cat([x] * copies), timesteps).float()  # (copies*B, 2C, T)
         eps, var_values = out[:batch, :channels], out[:batch, channels:]
         if cond_free:
-            k = guidance_strength(cond_free_k, i, schedule.num_steps)
+            k = cond_free_k * float(schedule.guidance_ramp[i])
             eps = (1.0 + k) * eps - k * out[batch:, :channels]
         return Prediction(eps, var_values if var_values.shape[1] else None)
 
