@@ -62,11 +62,12 @@ class BenchOptions:
     compile: bool = False
     seed: int = 0
     sides: tuple[str, ...] | None = None  # names to run; None = every side for the device
+    quick: bool = False  # also shrinks ultra_fast_v2's own samples and steps
 
     @classmethod
     def quick(cls, models_dir: Path, **changes) -> "BenchOptions":
         """A small run: few samples, few codes, few diffusion steps."""
-        values = dict(models_dir=models_dir, num_samples=2, code_length=16, diffusion_steps=4, warmup=False)
+        values = dict(models_dir=models_dir, num_samples=2, code_length=16, diffusion_steps=4, warmup=False, quick=True)
         values.update({k: v for k, v in changes.items() if v is not None})
         return cls(**values)
 
@@ -105,21 +106,10 @@ def choose_sides(options: BenchOptions) -> list[Side]:
 
 
 def models_config(models_dir: Path) -> dict[str, dict]:
-    """The constructor keywords the checkpoints in `models_dir` were written for."""
-    from tutortoietts.engine import configs
+    """The constructor keywords the checkpoints in `models_dir` were written for (its tortoise-config.json)."""
+    from tutortoietts.engine.checkpoints import read_config
 
-    config_file = Path(models_dir) / "tortoise-config.json"
-    if config_file.exists():
-        return configs.resolve(json.loads(config_file.read_text()))
-    # No config file: tell the named sizes apart by the autoregressive model's width and depth,
-    # read from the checkpoint's tensor shapes (memory-mapped: nothing large is read).
-    state = torch.load(Path(models_dir) / "autoregressive.pth", map_location="cpu", weights_only=True, mmap=True)
-    width = state["mel_head.weight"].shape[1]
-    depth = len({key.split(".")[2] for key in state if key.startswith("gpt.h.")})
-    for config in configs.NAMED.values():
-        if config["autoregressive"]["model_dim"] == width and config["autoregressive"]["layers"] == depth:
-            return config
-    raise UserError(f"{models_dir}: autoregressive.pth ({depth} layers of {width}) matches no known config; add a tortoise-config.json")
+    return read_config(models_dir)
 
 
 def default_models_dir() -> Path:
@@ -140,6 +130,7 @@ def default_models_dir() -> Path:
 
 def make_probe(options: BenchOptions, config: dict[str, dict]) -> dict:
     """Seeded inputs every side sees: text ids, voice latents, codes, latents, mel, vocoder noise."""
+    from tutortoietts.engine.pipeline import stage_seed
     from tutortoietts.engine.tokenizer import Tokenizer
 
     text_ids = torch.tensor([Tokenizer().encode(options.text)], dtype=torch.long)  # (1, n)
@@ -161,6 +152,9 @@ def make_probe(options: BenchOptions, config: dict[str, dict]) -> dict:
         mel=torch.randn(1, 100, frames, generator=generator) - 5.0,  # (1, 100, F)
         vocoder_noise=torch.randn(1, noise_dim, frames + 10, generator=generator),  # +10: inference's zero pad
         diffusion_seed=PROBE_SEED + 1,
+        # Our diffuse() draws from a generator seeded with this; the reference from the global RNG.
+        reference_diffusion_seed=stage_seed(PROBE_SEED + 1, "diffusion"),
+        diffusion_steps=options.diffusion_steps,
     )
 
 
@@ -291,6 +285,19 @@ class OurSide:
         self.tts = Tortoise.load(Path(options["models_dir"]), device=options["device"], precision=side.precision)
         if options.get("compile"):
             self.compile_decode()
+        self.count_decode_steps()
+
+    def count_decode_steps(self) -> None:
+        """Count decode calls: the codes come back fixed up (stop tokens rewritten), so they cannot tell."""
+        model = self.autoregressive_model()
+        step = model.decode_one_token
+        self.decode_calls = 0
+
+        def counted(*args, **kwargs):
+            self.decode_calls += 1
+            return step(*args, **kwargs)
+
+        model.decode_one_token = counted
 
     def compile_decode(self) -> None:
         """torch.compile the autoregressive decode step (CUDA graphs via reduce-overhead), if the engine offers it."""
@@ -319,32 +326,27 @@ class OurSide:
 
     def synthesize(self, probe: dict, timer: StageTimer, *, code_length: int, diffusion_steps: int | None) -> dict:
         settings = self.settings.replace(max_mel_tokens=code_length, diffusion_iterations=diffusion_steps)
+        self.decode_calls = 0
         out = run_stages(self.tts, probe["text_ids"], self.voice(probe), settings, self.options["seed"], timer)
+        # The prefill yields the first code; each decode call one more.
         return dict(codes=out["codes"].cpu(), scores=out["scores"].float().cpu(), latents=out["latents"].float().cpu(),
-                    mel=out["mel"].float().cpu(), wav=out["wav"].float().cpu(), ar_steps=decoded_steps(out["codes"], code_length))
+                    mel=out["mel"].float().cpu(), wav=out["wav"].float().cpu(), ar_steps=self.decode_calls + 1)
 
     def probe(self, probe: dict) -> dict:
         """Fixed-input outputs: teacher-forced latents/logits, CLVP scores, a diffused mel, a vocoded wave, sampled codes."""
         tts, voice = self.tts, self.voice(probe)
         text_ids, codes = probe["text_ids"], probe["codes"]
         latents = tts.code_latents(text_ids, codes, voice)  # (k, Tp, d)
-        model = self.autoregressive_model()
-        logits = model.mel_head(latents.to(next(model.mel_head.parameters(), latents).dtype) if hasattr(model.mel_head, "parameters") else latents)
+        with torch.inference_mode():
+            logits = self.autoregressive_model().mel_head(latents.to(tts.device, tts.dtype)).float().cpu()  # (k, Tp, V)
         scores = tts.rerank(text_ids, codes)
         # The diffusion path with this side's sampler, steps and guidance, from fixed latents and seed.
-        torch.manual_seed(probe["diffusion_seed"])
-        mel = tts.diffuse(probe["ar_latents"], voice, self.settings, seed=probe["diffusion_seed"])
+        settings = self.settings.replace(diffusion_iterations=self.options["diffusion_steps"]) if self.side.preset == "ultra_fast" else self.settings
+        mel = tts.diffuse(probe["ar_latents"], voice, settings, seed=probe["diffusion_seed"])
         wav = tts.vocode(probe["mel"], noise=probe["vocoder_noise"])
         sampled = tts.sample_codes(text_ids, voice, self.settings.replace(num_autoregressive_samples=2, max_mel_tokens=codes.shape[1]), PROBE_SEED)
         return dict(latents=latents.float().cpu(), logits=logits.float().cpu(), scores=scores.float().cpu(),
                     mel=mel.float().cpu(), wav=wav.float().cpu(), sampled_codes=sampled.cpu())
-
-
-def decoded_steps(codes: torch.Tensor, code_length: int, stop_token: int = 8193) -> int:
-    """Decode steps the batch ran: up to the last row's first stop token (random weights rarely stop)."""
-    stopped = codes == stop_token  # (n, T)
-    firsts = torch.where(stopped.any(1), stopped.float().argmax(1), torch.full((codes.shape[0],), code_length))
-    return int(firsts.max().item())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +375,6 @@ def run_side_subprocess(side: Side, options: BenchOptions, probe_path: Path, out
 def _options_dict(options: BenchOptions) -> dict:
     values = dataclasses.asdict(options)
     values["models_dir"] = str(options.models_dir)
-    values["quick"] = options.num_samples <= 2  # lets our v2 side shrink with a --quick run
     return values
 
 
@@ -471,7 +472,10 @@ def fidelity(runs: dict[str, list[dict]]) -> dict:
             "latents_max_diff": _max_diff(exact["latents"], reference["latents"]),
             "logits_max_diff": _max_diff(exact["logits"], reference["logits"]),
             "clvp_scores_max_diff": _max_diff(exact["scores"], reference["scores"]),
+            "mel_rms_diff": _rms(exact["mel"], reference["mel"]),  # DDPM, same seed and noise order
+            "mel_max_diff": _max_diff(exact["mel"], reference["mel"]),
             "vocoder_wave_max_diff": _max_diff(exact["wav"], reference["wav"]),
+            "vocoder_wave_rms_diff": _rms(exact["wav"], reference["wav"]),
         }
     for name, probe in probes.items():
         if name.startswith("reference") or name == "ours fp32" or not exact:
@@ -484,6 +488,7 @@ def fidelity(runs: dict[str, list[dict]]) -> dict:
             "clvp_scores_max_diff": _max_diff(probe["scores"], exact["scores"]),
             "mel_rms_diff": _rms(probe["mel"], exact["mel"]),  # log-mel units; the fp32 path is the ultra_fast DDPM
             "vocoder_wave_max_diff": _max_diff(probe["wav"], exact["wav"]),
+            "vocoder_wave_rms_diff": _rms(probe["wav"], exact["wav"]),
         }
         report[f"{name} vs ours fp32"] = entry
     return report

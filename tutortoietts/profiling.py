@@ -49,9 +49,19 @@ class StageTimer:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident set size so far.
+
+    On Linux from /proc (VmHWM): getrusage's ru_maxrss survives exec, so a freshly started bench
+    worker would report its parent's peak if the parent was bigger.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS: bytes, Linux: KiB
 
 
 def peak_memory_bytes(device: torch.device | str) -> int:

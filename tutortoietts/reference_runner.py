@@ -182,7 +182,10 @@ def trim_at_calm(codes: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
 
 
 def probe_reference(models: ReferenceModels, probe: dict) -> dict:
-    """Deterministic outputs on fixed inputs (no sampling), compared against ours for fidelity."""
+    """Outputs on fixed inputs and seeds, compared against ours for fidelity."""
+    install_torchaudio_stand_in()
+    from tortoise.api import do_spectrogram_diffusion
+
     device = models.device
     ar = models.autoregressive
     text = F.pad(probe["text_ids"].to(device), (0, 1))
@@ -198,4 +201,11 @@ def probe_reference(models: ReferenceModels, probe: dict) -> dict:
         logits = ar.mel_head(latents)  # (k, T, vocab)
         scores = models.clvp(text.repeat(k, 1), codes, return_loss=False)  # (k,)
         wav = models.vocoder.inference(probe["mel"].to(device), probe["vocoder_noise"].to(device))
-    return dict(latents=latents.float().cpu(), logits=logits.float().cpu(), scores=scores.float().cpu(), wav=wav.float().cpu())
+        # DDPM from fixed latents; our diffuse() draws the same numbers from a generator with this seed.
+        torch.manual_seed(probe["reference_diffusion_seed"])
+        mel = do_spectrogram_diffusion(
+            models.diffusion, _diffuser(probe["diffusion_steps"], False, 2.0), probe["ar_latents"].to(device),
+            probe["diffusion_latent"].to(device), temperature=1.0, verbose=False,
+        )
+    return dict(latents=latents.float().cpu(), logits=logits.float().cpu(), scores=scores.float().cpu(),
+                wav=wav.float().cpu(), mel=mel.float().cpu())

@@ -63,7 +63,8 @@ def hardware_table(report: dict) -> Table:
 
 def fidelity_table(report: dict) -> Table:
     table = Table(title="fidelity on fixed inputs (max |diff| unless named)")
-    columns = ("latents_max_diff", "logits_max_diff", "code_agreement", "clvp_scores_max_diff", "mel_rms_diff", "vocoder_wave_max_diff")
+    columns = ("latents_max_diff", "logits_max_diff", "code_agreement", "clvp_scores_max_diff", "mel_rms_diff",
+               "vocoder_wave_max_diff", "vocoder_wave_rms_diff")
     table.add_column("comparison")
     for column in columns:
         table.add_column(column.replace("_max_diff", "").replace("_", " "), justify="right")
@@ -110,7 +111,8 @@ def bench(
     else:
         options = bench_lib.BenchOptions(models_dir=Path(directory), **{k: v for k, v in changes.items() if v is not None})
 
-    console = Console(stderr=False)
+    # Wide enough for the tables even when the output is a pipe or a file.
+    console = Console(width=max(Console().width, 150))
     with console.status("benchmarking") as status:
         report = bench_lib.run_bench(options, progress=lambda message: status.update(message))
     for table in (speed_table(report), hardware_table(report), fidelity_table(report), targets_table(report)):
