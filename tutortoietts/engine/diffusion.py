@@ -257,7 +257,7 @@ def denormalize_mel(mel: torch.Tensor) -> torch.Tensor:
     return (mel + 1) / 2 * (MEL_LOG_MAX - MEL_LOG_MIN) + MEL_LOG_MIN
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def sample_mel(
     net: DiffusionDecoder,
     latents: torch.Tensor,
