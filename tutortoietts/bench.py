@@ -65,7 +65,7 @@ class BenchOptions:
     quick: bool = False  # also shrinks ultra_fast_v2's own samples and steps
 
     @classmethod
-    def quick(cls, models_dir: Path, **changes) -> "BenchOptions":
+    def quick_run(cls, models_dir: Path, **changes) -> "BenchOptions":
         """A small run: few samples, few codes, few diffusion steps."""
         values = dict(models_dir=models_dir, num_samples=2, code_length=16, diffusion_steps=4, warmup=False, quick=True)
         values.update({k: v for k, v in changes.items() if v is not None})

@@ -107,7 +107,7 @@ def bench(
                    repeats=repeats, reference_no_kv=no_cache_reference, compile=compile, warmup=warmup,
                    sides=tuple(side) if side else None)
     if quick:
-        options = bench_lib.BenchOptions.quick(Path(directory), **changes)
+        options = bench_lib.BenchOptions.quick_run(Path(directory), **changes)
     else:
         options = bench_lib.BenchOptions(models_dir=Path(directory), **{k: v for k, v in changes.items() if v is not None})
 
