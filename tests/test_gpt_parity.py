@@ -208,7 +208,7 @@ def test_sample_in_batches_equals_reference_loop(pair, inputs):
     assert torch.equal(mine, theirs)
 
 
-@pytest.mark.parametrize("stop_bias, all_stop_early", [(6.0, False), (12.0, True)])
+@pytest.mark.parametrize("stop_bias, all_stop_early", [(6.0, False), (7.0, True), (12.0, True)])
 def test_sample_stop_handling_equals_reference(inputs, stop_bias, all_stop_early):
     reference, ours = build_pair(stop_bias=stop_bias)
     cond, text = inputs

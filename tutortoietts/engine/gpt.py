@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tutortoietts.errors import UserError
 
@@ -19,6 +20,10 @@ STOP_TEXT_TOKEN = 0  # text id the reference appends after the text (also tts()'
 CALM_TOKEN = 83  # DVAE code for silence; what fix_codes writes from the stop token on
 FIX_TAIL = (45, 45, 248)  # the last three codes fix_autoregressive_output forces (DVAE end-of-clip codes)
 CALM_RUN_LIMIT = 8  # more calm tokens in a row than this end the speech (api.py tts())
+
+# Attention kernels for cached decoding. cuDNN's is left out: it builds an execution plan per
+# key length, i.e. anew at every step (measured on an H100 in bf16: ~50 ms/step instead of a few).
+DECODE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,8 +322,9 @@ class AutoregressiveModel(nn.Module):
         count, length = codes.shape
         if length + 1 > self.mel_pos_embedding.rows:
             raise UserError(f"too many codes for the autoregressive model: {length}, at most {self.mel_pos_embedding.rows - 1}")
-        prefix = self.embed_prefix(cond, text_ids)  # (1, P, C)
-        mel_inputs = F.pad(codes[:, :-1].long(), (1, 0), value=self.start_mel_token)  # (k, T)
+        device = self.mel_embedding.weight.device
+        prefix = self.embed_prefix(cond.to(device), text_ids.to(device))  # (1, P, C)
+        mel_inputs = F.pad(codes[:, :-1].to(device).long(), (1, 0), value=self.start_mel_token)  # (k, T)
         mel_emb = self.mel_embedding(mel_inputs) + self.mel_pos_embedding.emb.weight[:length]  # (k, T, C)
         x = torch.cat([prefix.expand(count, -1, -1), mel_emb], dim=1)  # (k, P + T, C)
         hidden = self.gpt(x)
@@ -348,7 +354,8 @@ class AutoregressiveModel(nn.Module):
         """
         start = torch.tensor([[self.start_mel_token]], device=prefix.device)
         start_emb = self.mel_embedding(start) + self.mel_pos_embedding.emb.weight[0]  # (1, 1, C)
-        hidden = self.gpt(torch.cat([prefix, start_emb], dim=1), input_pos=0)  # (1, P + 1, C)
+        with sdpa_kernel(DECODE_ATTENTION):
+            hidden = self.gpt(torch.cat([prefix, start_emb], dim=1), input_pos=0)  # (1, P + 1, C)
         return self.mel_logits(hidden[:, -1])
 
     def decode_one_token(self, tokens: torch.Tensor, input_pos: int, mel_position: int) -> torch.Tensor:
@@ -358,7 +365,8 @@ class AutoregressiveModel(nn.Module):
         decoding.py for why it is not simply the code's index.
         """
         x = self.mel_embedding(tokens) + self.mel_pos_embedding.emb.weight[mel_position]  # (B, 1, C)
-        hidden = self.gpt(x, input_pos=input_pos)
+        with sdpa_kernel(DECODE_ATTENTION):
+            hidden = self.gpt(x, input_pos=input_pos)
         return self.mel_logits(hidden[:, -1])
 
     @torch.no_grad()
