@@ -387,7 +387,9 @@ class AutoregressiveModel(nn.Module):
         """Sample code sequences, as the reference's tts() does: -> (num_samples, max_mel_tokens).
 
         Each row stops at the stop token and is padded with it to max_mel_tokens. Batches of
-        `batch_size` (all at once by default) run one after another, drawing from `generator`.
+        `batch_size` (all at once by default) run one after another, drawing from `generator`;
+        where batch_size does not divide num_samples the last batch is smaller (the reference
+        would silently drop those samples).
         `length_penalty` is accepted for the reference's signature: transformers only applies it
         in beam search, so with sampling it changes nothing, here as there.
         """
