@@ -18,9 +18,11 @@ import soundfile
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_BOOK = ROOT / "examples" / "book.md"
-# Fast settings on tiny weights: few candidates, few diffusion steps, short generations.
+# Fast settings on tiny weights: few candidates, few diffusion steps. max_mel_tokens stays at the
+# preset's 500 so the book is chunked as in real use (chunk sizes follow the generation length).
 FAST = ["--preset", "ultra_fast_v2", "--set", "num_autoregressive_samples=2", "--set", "diffusion_iterations=4",
-        "--set", "max_mel_tokens=120", "--device", "cpu", "--precision", "fp32"]
+        "--device", "cpu", "--precision", "fp32"]
+STOP_TOKEN = 8193  # the autoregressive model's stop_mel_token (configs)
 ffmpeg_missing = shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None
 
 
@@ -51,9 +53,19 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(workspace):
+    import torch
+
     from tutortoietts.engine.checkpoints import write_random_checkpoints
 
-    return write_random_checkpoints(workspace["root"] / "models", "tiny", seed=0)
+    folder = write_random_checkpoints(workspace["root"] / "models", "tiny", seed=0)
+    # Random weights almost never emit the stop token, so every chunk would run to 500 codes
+    # (20 s of noise each). A raised stop logit makes them "speak" short utterances of about
+    # 10 codes, ending the way a trained model's do: the loop and the stages are unchanged.
+    path = folder / "autoregressive.pth"
+    state = torch.load(path, weights_only=True)
+    state["mel_head.bias"][STOP_TOKEN] += 5.0
+    torch.save(state, path)
+    return folder
 
 
 def one_error_line(result):
@@ -121,7 +133,7 @@ def done_count(job_dir):
 @pytest.mark.skipif(ffmpeg_missing, reason="ffmpeg/ffprobe not installed")
 def test_book_to_m4b_rerun_and_resume(workspace, models, tmp_path):
     from tutortoietts.manuscript import read_book
-    from tutortoietts.stitch import pause_seconds
+    from tutortoietts.stitch import PAUSE_SECONDS, SAMPLE_RATE, read_clip, trim_silence
 
     env, voice = workspace["env"], workspace["voice"]
     book = EXAMPLE_BOOK
@@ -142,10 +154,14 @@ def test_book_to_m4b_rerun_and_resume(workspace, models, tmp_path):
     expected_titles = [chapter.title for chapter in read_book(book).chapters]
     titles = [chapter["tags"]["title"] for chapter in probe["chapters"]]
     assert titles == expected_titles
-    # Duration: every chunk plus the pause after it (AAC adds at most a frame or two of padding).
-    expected = sum(duration + pause_seconds(pause) for *_, duration, pause, _ in rows)
+    # Duration: every chunk (less the edge silence stitch trims) plus the pause after it; a
+    # chapter's last chunk says "chapter", split between the chapter's end and the next one's start.
+    spoken = sum(len(trim_silence(read_clip(out / path, SAMPLE_RATE), SAMPLE_RATE)) / SAMPLE_RATE for *_, path in rows)
+    pauses = sum(PAUSE_SECONDS[pause] for *_, pause, _ in rows)
+    expected = spoken + pauses
     duration = float(probe["format"]["duration"])
-    print(f"m4b duration {duration:.3f} s, chunks + pauses {expected:.3f} s")
+    untrimmed = sum(row[5] for row in rows)
+    print(f"m4b duration {duration:.3f} s; chunks {spoken:.3f} s (untrimmed {untrimmed:.3f}) + pauses {pauses:.3f} s = {expected:.3f} s")
     assert abs(duration - expected) < 0.1
 
     # Second run: nothing rendered, nothing loaded, the same sound.

@@ -72,12 +72,14 @@ class RenderSummary:
     from_audio_cache: int
     already_done: int  # chunks the job folder already had
     audio_seconds: float  # the whole book's chunk audio (pauses not counted)
+    run_audio_seconds: float  # chunk audio this run produced (rendered or from the cache)
     wall_seconds: float
     engine_loaded: bool
 
     @property
     def real_time_factor(self) -> float | None:
-        return self.wall_seconds / self.audio_seconds if self.audio_seconds > 0 else None
+        """This run's wall time per second of audio it produced; None when it produced none."""
+        return self.wall_seconds / self.run_audio_seconds if self.run_audio_seconds > 0 else None
 
 
 @dataclass
@@ -319,7 +321,7 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
         job_dir=plan.job_dir, outputs=outputs, total=total,
         rendered=counts["rendered"] + counts["ar-cache"], from_ar_cache=counts["ar-cache"],
         from_audio_cache=counts["audio-cache"], already_done=already_done, audio_seconds=book_audio,
-        wall_seconds=wall, engine_loaded=engine.loaded,
+        run_audio_seconds=audio_seconds, wall_seconds=wall, engine_loaded=engine.loaded,
     )
 
 

@@ -98,13 +98,13 @@ def summary_table(summary) -> Table:
     table.add_column("value")
     table.add_row("chunks", f"{summary.total} total: {summary.rendered} rendered ({summary.from_ar_cache} from cached codes), "
                   f"{summary.from_audio_cache} from cache, {summary.already_done} already in the job")
-    table.add_row("audio", _format_seconds(summary.audio_seconds))
+    table.add_row("audio", f"{_format_seconds(summary.audio_seconds)} in chunks ({summary.run_audio_seconds:.1f} s made by this run)")
     table.add_row("wall time", f"{summary.wall_seconds:.1f} s")
     rtf = summary.real_time_factor
-    table.add_row("real-time factor", f"{rtf:.3f} (compute seconds per audio second)" if rtf is not None else "-")
+    table.add_row("real-time factor", f"{rtf:.3f} (wall seconds per second of audio made)" if rtf is not None else "- (nothing to make)")
     table.add_row("job folder", str(summary.job_dir))
     for path in summary.outputs:
-        table.add_row("output", str(path))
+        table.add_row("output" if path == summary.outputs[0] else "chapter", str(path))
     return table
 
 
@@ -140,5 +140,4 @@ def generate(
         with ProgressDisplay() as display:
             summary = render_book(request, progress=display)
         console.print(summary_table(summary))
-    for path in summary.outputs:
-        print(path)
+    print(summary.outputs[0])  # the book; stdout carries nothing else, for scripts
