@@ -82,10 +82,20 @@ class RelativePositionBias(nn.Module):
         super().__init__()
         self.scale = scale  # the reference multiplies the learned table by sqrt(head_dim)
         self.relative_attention_bias = nn.Embedding(32, heads)
+        self._cache: tuple | None = None  # (key, bias): every step of a sampling run asks for the same length
 
-    def forward(self, length: int, device) -> torch.Tensor:
+    def forward(self, length: int, device, dtype: torch.dtype) -> torch.Tensor:
+        weight = self.relative_attention_bias.weight
+        # The bias depends only on the length and the weights, yet building it (buckets, log, gather
+        # over T x T) cost a third of a tiny decoder's step; reuse it across steps at inference.
+        key = (length, device, dtype, id(weight), weight._version)
+        if self._cache is not None and self._cache[0] == key and not torch.is_grad_enabled():
+            return self._cache[1]
         table = self.relative_attention_bias(relative_position_buckets(length, device))  # (T, T, H)
-        return table.permute(2, 0, 1).unsqueeze(0) * self.scale  # (1, H, T, T)
+        bias = (table.permute(2, 0, 1).unsqueeze(0) * self.scale).to(dtype)  # (1, H, T, T)
+        if not torch.is_grad_enabled():
+            self._cache = (key, bias)
+        return bias
 
 
 class AttentionBlock(nn.Module):
@@ -104,9 +114,10 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(x))  # (B, 3C, T)
         # The checkpoint's qkv channels are grouped per head as [q | k | v], each head_dim wide.
         head_dim = channels // self.num_heads
-        qkv = qkv.reshape(batch, self.num_heads, 3, head_dim, length).transpose(-1, -2)  # (B, H, 3, T, hd)
-        q, k, v = qkv.unbind(dim=2)  # (B, H, T, hd) each
-        bias = self.relative_pos_embeddings(length, x.device).to(q.dtype)  # (1, H, T, T)
+        # Contiguous head_dim matters: with a strided last dim SDPA falls back to its slow math path.
+        qkv = qkv.reshape(batch, self.num_heads, 3, head_dim, length).permute(2, 0, 1, 4, 3).contiguous()  # (3, B, H, T, hd)
+        q, k, v = qkv.unbind(dim=0)  # (B, H, T, hd) each
+        bias = self.relative_pos_embeddings(length, x.device, q.dtype)  # (1, H, T, T)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, T, hd)
         attended = attended.transpose(-1, -2).reshape(batch, channels, length)  # (B, C, T)
         return x + self.proj_out(attended)
