@@ -119,6 +119,11 @@ def test_cache_tiers_and_reuse(setup, tmp_path):
     diffusion = render_book(RenderRequest(**{**request.__dict__, "overrides": overrides}), engine_loader=loader)
     assert diffusion.from_ar_cache == n and engines[-1].calls == {"sample_codes": 0, "diffuse": n}
 
+    # --force: every stage computed again, cache or not.
+    forced = render_book(RenderRequest(**{**request.__dict__, "force": True}), engine_loader=loader)
+    assert forced.rendered == n and forced.from_audio_cache == 0 and engines[-1].calls == {"sample_codes": n, "diffuse": n}
+    assert chunk_bytes(request.out_dir) == reference  # and, being deterministic, the same audio
+
     # A different seed: nothing reused.
     reseeded = render_book(RenderRequest(**{**request.__dict__, "seed": 5}), engine_loader=loader)
     assert reseeded.rendered == n and reseeded.from_ar_cache == 0 and engines[-1].calls["sample_codes"] == n

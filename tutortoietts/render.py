@@ -227,15 +227,18 @@ def audio_stage(tts, result: ARResult, voice, settings, seed: int):
     return wave.reshape(-1).float().cpu(), tts.sample_rate
 
 
-def render_chunk(engine: LazyEngine, cache: Cache, plan: Plan, row: ChunkRow):
-    """(samples, sample_rate, source): audio cache, else AR cache + diffusion, else every stage."""
-    cached = cache.get_audio(row.cache_key)
+def render_chunk(engine: LazyEngine, cache: Cache, plan: Plan, row: ChunkRow, read_cache: bool = True):
+    """(samples, sample_rate, source): audio cache, else AR cache + diffusion, else every stage.
+
+    read_cache=False (--force) computes every stage again and overwrites the cached results.
+    """
+    cached = cache.get_audio(row.cache_key) if read_cache else None
     if cached is not None:
         return cached[0], cached[1], "audio-cache"
     tts = engine.tts()
     voice = engine.voice_latents()
     ar = plan.ar_keys.get(row.cache_key)
-    result = cache.get_ar(ar) if ar is not None else None
+    result = cache.get_ar(ar) if ar is not None and read_cache else None
     source = "ar-cache"
     if result is None:
         source = "rendered"
@@ -284,7 +287,7 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
         for position, row in enumerate(pending):
             chunk_start = time.perf_counter()
             try:
-                samples, rate, source = render_chunk(engine, cache, plan, row)
+                samples, rate, source = render_chunk(engine, cache, plan, row, read_cache=not request.force)
                 job.write_chunk(row, samples, rate, time.perf_counter() - chunk_start)
                 audio_seconds += samples.numel() / rate
             except Exception as error:

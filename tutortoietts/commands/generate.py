@@ -120,7 +120,7 @@ def generate(
     seed: Seed = 0,
     title: Annotated[Optional[str], typer.Option("--title", help="Book title in the tags (default: the manuscript's).")] = None,
     author: Annotated[Optional[str], typer.Option("--author", help="Author in the tags.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Render every chunk again, ignoring the job's finished chunks.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Render every chunk again, ignoring the job's finished chunks and the cache.")] = False,
     settings: Annotated[Optional[list[str]], typer.Option("--set", help="Override one preset value, key=value; repeatable.")] = None,
     quiet: Quiet = False,
 ) -> None:
