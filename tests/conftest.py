@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.machinery
+import os
 import sys
 import types
 
 import pytest
+import torch
 
 
 def install_torchaudio_stand_in() -> None:
@@ -29,6 +31,10 @@ def install_torchaudio_stand_in() -> None:
 
 
 install_torchaudio_stand_in()
+
+# Tiny networks are dominated by per-op overhead, where a second thread only adds spin-waiting
+# (up to 16x slower on a busy 2-core machine). Full-size tests that want more set it themselves.
+torch.set_num_threads(int(os.environ.get("TUTORTOIETTS_TEST_THREADS", "1")))
 
 
 def max_diff(ours, theirs) -> float:
