@@ -76,22 +76,49 @@ def one_error_line(result):
     return lines[0]
 
 
-def test_user_mistakes_are_one_line(workspace, tmp_path):
+def cli_in_process(*args, monkeypatch, capsys):
+    """The console entry point in this process (same handler as the installed command, no start-up cost)."""
+    from types import SimpleNamespace
+
+    from tutortoietts import cli as cli_module
+
+    monkeypatch.setattr(sys, "argv", ["tutortoietts", *map(str, args)])
+    capsys.readouterr()
+    try:
+        cli_module.main()
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+
+def test_user_mistakes_are_one_line(workspace, tmp_path, monkeypatch, capsys):
     env, voice = workspace["env"], workspace["voice"]
+    for key in ("TUTORTOIETTS_CACHE", "TUTORTOIETTS_VOICES"):
+        monkeypatch.setenv(key, env[key])
     book = tmp_path / "book.md"
     book.write_text("# A\n\n## One\n\nHello there.\n")
     models = tmp_path / "models"
     models.mkdir()
     base = ["generate", book, "--voice", voice, "--models-dir", models, "--format", "wav", "--out", tmp_path / "o"]
-    assert "manuscript not found" in one_error_line(cli("generate", tmp_path / "missing.md", "--voice", voice, env=env, check=False))
-    assert "unknown voice 'emmma'" in one_error_line(cli(*base[:3], "emmma", *base[4:], env=env, check=False))
-    assert "unknown preset" in one_error_line(cli(*base, "--preset", "ultra_fastest", env=env, check=False))
-    assert "temperature" in one_error_line(cli(*base, "--set", "temperature=hot", env=env, check=False))
-    assert "key=value" in one_error_line(cli(*base, "--set", "temperature", env=env, check=False))
-    assert "unknown setting" in one_error_line(cli(*base, "--set", "temprature=0.5", env=env, check=False))
+
+    def run(*args):
+        line = one_error_line(cli_in_process(*args, monkeypatch=monkeypatch, capsys=capsys))
+        with capsys.disabled():
+            print(f"[exit 1] {line}")
+        return line
+
+    assert "manuscript not found" in run("generate", tmp_path / "missing.md", "--voice", voice)
+    assert "unknown voice 'emmma'" in run(*base[:3], "emmma", *base[4:])
+    assert "unknown preset" in run(*base, "--preset", "ultra_fastest")
+    assert "temperature" in run(*base, "--set", "temperature=hot")
+    assert "key=value" in run(*base, "--set", "temperature")
+    assert "unknown setting" in run(*base, "--set", "temprature=0.5")
+    assert "--format" in run(*base[:-4], "--format", "ogg")
+    assert "--voice" in run("generate", book)
+    # One through a real process: the exit code and stderr a shell sees.
     assert "weights not found" in one_error_line(cli(*base, env=env, check=False))
-    assert "--format" in one_error_line(cli(*base[:-4], "--format", "ogg", env=env, check=False))
-    assert "--voice" in one_error_line(cli("generate", book, env=env, check=False))
 
 
 def ffprobe(path):
