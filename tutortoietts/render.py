@@ -270,7 +270,7 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
     cache = Cache(request.cache_dir)
     counts = {"rendered": 0, "ar-cache": 0, "audio-cache": 0, "failed": 0}
     with cache, Job.open(plan.job_dir) as job:
-        state = job.prepare(
+        job.prepare(
             book_path=plan.book_path.resolve(), book_hash=plan.book_hash, voice=f"{plan.voice.source}:{plan.voice.name}",
             preset=request.preset, settings=plan.settings.to_dict(), seed=request.seed, plan=plan.chunks,
             force=request.force,
