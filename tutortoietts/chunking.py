@@ -10,6 +10,7 @@ from typing import Callable
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
 
+from tutortoietts.engine.pipeline import TEXT_TOKEN_LIMIT
 from tutortoietts.errors import UserError
 from tutortoietts.manuscript import Book
 
@@ -22,9 +23,6 @@ ABBREVIATIONS = (
     "rep", "pres", "supt", "insp", "det", "vs", "cf", "e.g", "i.e", "viz", "approx",
 )
 
-# The GPT's text positions also hold one padding token and its start and stop tokens
-# (the engine pads the unpadded ids with F.pad(text, (0, 1)) and adds start/stop).
-TEXT_TOKEN_OVERHEAD = 3
 # One mel code per 1024 samples of 22.05 kHz audio (DVAE: mel hop 256, downsampled 4x).
 MEL_TOKENS_PER_SECOND = 22050 / 1024
 
@@ -37,7 +35,7 @@ WORD = re.compile(r"\S+")
 class ChunkLimits:
     """Hard bounds every chunk keeps and the soft target sizes it is packed towards."""
 
-    max_text_tokens: int = 402  # the GPT's text positions (configs: max_text_tokens), overhead included
+    max_text_tokens: int = TEXT_TOKEN_LIMIT  # tokenizer ids one engine call accepts (the reference's limit)
     max_mel_tokens: int = 500  # generation length the render asks for (tortoise's tts() default)
     mel_budget: float = 0.8  # expected speech must fill at most this share of max_mel_tokens
     chars_per_second: float = 15.0  # speaking rate of cleaned text, a typical narrator's ~150 wpm
@@ -104,8 +102,8 @@ def _cleaner() -> Callable[[str], str]:
 
 
 def text_tokens(text: str) -> int:
-    """Positions the chunk takes in the GPT's text window, padding and start/stop included."""
-    return len(_tokenizer().encode(text)) + TEXT_TOKEN_OVERHEAD
+    """Tokenizer ids of the chunk: what the engine's text limit counts."""
+    return len(_tokenizer().encode(text))
 
 
 def expected_mel_tokens(text: str, limits: ChunkLimits) -> float:

@@ -224,7 +224,8 @@ def _random_tensor(name: str, like: torch.Tensor, generator: torch.Generator) ->
         return 1.0 + 0.1 * noise
     if len(shape) <= 1:
         # Norm scales near 1, biases and scalars near 0.
-        return 1.0 + 0.1 * noise if leaf == "weight" else 0.02 * noise
+        # ("g" is CLVP's RMSNorm scale: near 0 it would silence every branch of a random CLVP.)
+        return 1.0 + 0.1 * noise if leaf in ("weight", "g") else 0.02 * noise
     fan_in = math.prod(shape[1:])
     return noise / math.sqrt(fan_in)
 

@@ -6,7 +6,6 @@ import functools
 import importlib.resources
 import re
 
-import inflect
 from tokenizers import Tokenizer as BpeModel
 from unidecode import unidecode
 
@@ -35,7 +34,15 @@ INTEGER = re.compile(r"[0-9]+")
 WHITESPACE = re.compile(r"\s+")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
-_inflect = inflect.engine()
+
+
+@functools.lru_cache(maxsize=1)
+def _inflect():
+    # Imported on the first number: inflect's import alone takes seconds (typeguard instruments
+    # it), which every CLI start would otherwise pay, number or not.
+    import inflect
+
+    return inflect.engine()
 
 
 def _number_words(value, **options) -> str:
@@ -44,8 +51,10 @@ def _number_words(value, **options) -> str:
     The reference raises there; a book may contain such a string (an ISBN run together,
     a long serial), and one odd token should not stop a render.
     """
+    import inflect
+
     try:
-        return _inflect.number_to_words(value, **options)
+        return _inflect().number_to_words(value, **options)
     except inflect.NumOutOfRangeError:
         return " ".join(DIGIT_NAMES[int(d)] for d in str(value) if d.isdigit())
 
