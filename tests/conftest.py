@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
-import sys
-import types
 
 import pytest
 import torch
 
+from tutortoietts.reference_runner import install_torchaudio_stand_in
 
-def install_torchaudio_stand_in() -> None:
-    """Let the reference's model modules import without torchaudio.
-
-    torchaudio cannot load beside the CPU build of torch; the reference imports it at module
-    level but its forward passes never call it. The stand-in carries a real __spec__ so
-    importlib-based checks (transformers does some) accept it.
-    """
-    if "torchaudio" in sys.modules:
-        return
-    module = types.ModuleType("torchaudio")
-    module.__spec__ = importlib.machinery.ModuleSpec("torchaudio", loader=None)
-    for sub in ("functional", "transforms"):
-        child = types.ModuleType(f"torchaudio.{sub}")
-        child.__spec__ = importlib.machinery.ModuleSpec(f"torchaudio.{sub}", loader=None)
-        setattr(module, sub, child)
-        sys.modules[f"torchaudio.{sub}"] = child
-    sys.modules["torchaudio"] = module
-
-
+# The reference's model modules import torchaudio, which cannot load beside the CPU build of
+# torch; their forward passes never use it, so a stand-in module lets them import.
 install_torchaudio_stand_in()
 
 # Tiny networks are dominated by per-op overhead, where a second thread only adds spin-waiting

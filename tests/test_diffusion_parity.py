@@ -16,15 +16,6 @@ from tutortoietts.errors import UserError
 TOLERANCE = 1e-4  # max |diff| allowed, relative to the reference output's largest magnitude
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Hundreds of small ops per sampling loop: on a shared 2-core machine two OpenMP threads spin
-    # against other processes and run many times slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def reference_diffuser(steps: int, cond_free: bool, cond_free_k: float) -> SpacedDiffusion:
     """What the reference's load_discrete_vocoder_diffuser builds (4000 trained steps, epsilon, learned range)."""

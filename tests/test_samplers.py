@@ -15,15 +15,6 @@ from tutortoietts.engine.diffusion import DiffusionDecoder, sampler_fidelity
 from tutortoietts.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These loops run hundreds of small ops; on a shared 2-core machine two OpenMP threads spin
-    # against other processes and run many times slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_linear_betas_match_reference():
     np.testing.assert_array_equal(samplers.linear_betas(4000), get_named_beta_schedule("linear", 4000))
