@@ -38,8 +38,11 @@ def test_upstream_changes_change_everything():
     for ar, audio in variants:
         assert ar != base_ar and audio != base_audio
     assert len({ar for ar, _ in variants}) == len(variants)
-    # Batch size is speed only: it keeps both keys.
-    assert keys(settings=BASE.replace(autoregressive_batch_size=4)) == (base_ar, base_audio)
+    # The batch split changes the sampled codes, so it is part of the key; the default (0) and
+    # its resolved value name the same batches.
+    assert keys(settings=BASE.replace(autoregressive_batch_size=1))[0] != base_ar
+    resolved = BASE.batch_size()
+    assert keys(settings=BASE.replace(autoregressive_batch_size=resolved)) == (base_ar, base_audio)
     # Whitespace is not speech.
     assert keys(text="  Hello   there. ")[0] == base_ar
     assert voice_key("v1", "w1") != voice_key("v1", "w2")

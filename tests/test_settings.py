@@ -99,7 +99,9 @@ def test_overrides_and_frozen():
 
 def test_stage_fields_split():
     settings = load_preset("standard")
-    assert set(AUTOREGRESSIVE_FIELDS) | set(DIFFUSION_FIELDS) == set(FIELD_NAMES) - {"autoregressive_batch_size"}
+    assert set(AUTOREGRESSIVE_FIELDS) | set(DIFFUSION_FIELDS) == set(FIELD_NAMES)
+    assert settings.replace(autoregressive_batch_size=4).autoregressive_fields() != settings.autoregressive_fields()
+    assert settings.batch_size() == 16 and load_preset("ultra_fast_v2").batch_size() == 8
     changed = settings.replace(diffusion_iterations=7, sampler="ddim", cond_free_k=1.0)
     assert changed.autoregressive_fields() == settings.autoregressive_fields()
     assert changed.diffusion_fields() != settings.diffusion_fields()

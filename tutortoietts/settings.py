@@ -18,11 +18,15 @@ MAX_MEL_TOKENS = 604  # the autoregressive model's mel position table (configs.F
 
 # Which settings each stage reads, so a cache key holds exactly those: changing a diffusion
 # setting must not throw away cached autoregressive codes. Precision changes the numbers of
-# both stages. autoregressive_batch_size is in neither: it changes speed, not results.
+# both stages. The batch size belongs to the autoregressive stage: batches draw from the seeded
+# generator one after another, so a different split samples different codes.
 AUTOREGRESSIVE_FIELDS = (
     "num_autoregressive_samples", "temperature", "top_p", "repetition_penalty",
-    "length_penalty", "max_mel_tokens", "precision",
+    "length_penalty", "max_mel_tokens", "precision", "autoregressive_batch_size",
 )
+# What autoregressive_batch_size = 0 means: the reference's batch on a large GPU. A fixed number,
+# not one fitted to free memory, because the batch split changes the sampled codes.
+DEFAULT_AUTOREGRESSIVE_BATCH = 16
 DIFFUSION_FIELDS = (
     "diffusion_iterations", "cond_free", "cond_free_k", "diffusion_temperature", "sampler", "precision",
 )
@@ -52,7 +56,7 @@ class Settings:
     sampler: str = "ddpm"
     # Performance.
     precision: str = "fp32"
-    autoregressive_batch_size: int = 0  # 0 = all samples in one batch
+    autoregressive_batch_size: int = 0  # 0 = DEFAULT_AUTOREGRESSIVE_BATCH (16) samples per batch
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -73,7 +77,13 @@ class Settings:
 
     def autoregressive_fields(self) -> dict:
         """The values the autoregressive stage (sampling, reranking, latents) depends on."""
-        return {name: getattr(self, name) for name in AUTOREGRESSIVE_FIELDS}
+        fields = {name: getattr(self, name) for name in AUTOREGRESSIVE_FIELDS}
+        fields["autoregressive_batch_size"] = self.batch_size()  # 0 and 16 sample the same codes
+        return fields
+
+    def batch_size(self) -> int:
+        """Samples per autoregressive batch, the default resolved."""
+        return min(self.num_autoregressive_samples, self.autoregressive_batch_size or DEFAULT_AUTOREGRESSIVE_BATCH)
 
     def diffusion_fields(self) -> dict:
         """The values the diffusion stage depends on."""
@@ -94,7 +104,7 @@ _RANGES = (
     ("diffusion_temperature", lambda v: 0 <= v < math.inf, "0 or more"),
     ("sampler", lambda v: v in SAMPLERS, "one of " + ", ".join(SAMPLERS)),
     ("precision", lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
-    ("autoregressive_batch_size", lambda v: v >= 0, "0 (all at once) or more"),
+    ("autoregressive_batch_size", lambda v: v >= 0, "0 (the default, 16) or more"),
 )
 
 

@@ -195,7 +195,7 @@ class Tortoise:
             top_p=settings.top_p,
             repetition_penalty=settings.repetition_penalty,
             length_penalty=settings.length_penalty,
-            batch_size=settings.autoregressive_batch_size or None,
+            batch_size=settings.batch_size(),
             generator=self._generator(seed, "autoregressive"),
         )  # (k, T), stop-token padded
         return fix_codes(codes).long().cpu()
