@@ -14,6 +14,7 @@ from pathlib import Path
 import diskcache
 
 from tutortoietts import __version__
+from tutortoietts.paths import cache_dir
 
 # Bump the suffix when a stage's output changes for the same inputs, so old entries stop matching.
 ENGINE_VERSION = f"tutortoietts-{__version__}/cache-1"
@@ -21,10 +22,7 @@ DEFAULT_SIZE_LIMIT = 2 * 1024**3  # 2 GiB: a long book's chunk audio at 24 kHz f
 NAMESPACES = ("voice", "ar", "audio")
 
 def default_cache_dir() -> Path:
-    configured = os.environ.get("TUTORTOIETTS_CACHE")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "tutortoietts"
+    return cache_dir()
 
 
 # ---------------------------------------------------------------- keys
