@@ -39,3 +39,15 @@ def tiny_models_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny-models")
     write_random_checkpoints(directory, "tiny", seed=0)
     return directory
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Keep the disk cache and converted weight copies of a test run out of the user's home."""
+    previous = os.environ.get("TUTORTOIETTS_CACHE")
+    os.environ["TUTORTOIETTS_CACHE"] = str(tmp_path_factory.mktemp("tutortoietts-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TUTORTOIETTS_CACHE", None)
+    else:
+        os.environ["TUTORTOIETTS_CACHE"] = previous

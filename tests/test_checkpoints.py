@@ -237,3 +237,18 @@ def test_cli_init_random_and_where(tmp_path):
     assert result.exit_code == 0 and "config: tiny" in result.output and "vocoder.pth" in result.output
     result = runner.invoke(app, ["where", "--models-dir", str(tmp_path / "empty")])
     assert result.exit_code != 0 and isinstance(result.exception, UserError)
+
+
+@pytest.mark.parametrize("stem", ["autoregressive", "clvp2", "diffusion_decoder"])
+def test_bf16_cpu_load_writes_and_then_maps_a_cast_copy(tiny_models_dir, stem):
+    from tutortoietts.engine.checkpoints import converted_copy, load_network
+
+    copy = converted_copy(tiny_models_dir / f"{stem}.pth", torch.bfloat16)
+    copy.unlink(missing_ok=True)
+    first = load_network(stem, tiny_models_dir, dtype=torch.bfloat16)
+    assert copy.exists()
+    second = load_network(stem, tiny_models_dir, dtype=torch.bfloat16)
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    # fp32 never makes a copy: the file itself is memory-mapped.
+    assert not converted_copy(tiny_models_dir / f"{stem}.pth", torch.float32).exists()
