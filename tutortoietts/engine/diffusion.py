@@ -33,12 +33,24 @@ def group_count(channels: int) -> int:
 
 
 class GroupNormFP32(nn.GroupNorm):
-    """GroupNorm computed in fp32 whatever the weights' dtype: bf16 statistics over long mels drift."""
+    """GroupNorm with fp32 statistics and affine whatever the activations' dtype: bf16 sums over long mels drift."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.float() if self.weight is not None else None
-        bias = self.bias.float() if self.bias is not None else None
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+        return self.modulated(x)
+
+    def modulated(self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """norm(x) * (1 + scale) + shift, with scale and shift (1, C) folded into the affine, in x's dtype.
+
+        The kernel takes bf16 input with fp32 weights and accumulates in fp32 itself, so no fp32
+        copy of the activations is made; folding the modulation saves two more passes over them.
+        """
+        weight, bias = self.weight.float(), self.bias.float()
+        if scale is not None:
+            factor = 1 + scale.float().reshape(-1)
+            weight, bias = weight * factor, bias * factor + shift.float().reshape(-1)
+        if x.dtype == torch.float64:
+            weight, bias = weight.double(), bias.double()
+        return F.group_norm(x, self.num_groups, weight, bias, self.eps)
 
 
 def group_norm(channels: int) -> GroupNormFP32:
@@ -120,7 +132,7 @@ class AttentionBlock(nn.Module):
         bias = self.relative_pos_embeddings(length, x.device, q.dtype)  # (1, H, T, T)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, T, hd)
         attended = attended.transpose(-1, -2).reshape(batch, channels, length)  # (B, C, T)
-        return x + self.proj_out(attended)
+        return self.proj_out(attended).add_(x)
 
 
 class ResBlock(nn.Module):
@@ -128,19 +140,27 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int, emb_channels: int):
         super().__init__()
-        self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(), nn.Conv1d(channels, channels, 1))
+        # In-place SiLUs only where their input is a fresh norm output (not the emb SiLU: time_emb is shared).
+        self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(inplace=True), nn.Conv1d(channels, channels, 1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * channels))
         # Index 2 held dropout during training; an Identity keeps the checkpoint's index 3 for the conv.
-        self.out_layers = nn.Sequential(group_norm(channels), nn.SiLU(), nn.Identity(), nn.Conv1d(channels, channels, 3, padding=1))
+        self.out_layers = nn.Sequential(group_norm(channels), nn.SiLU(inplace=True), nn.Identity(), nn.Conv1d(channels, channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)  # (B, C, T)
-        scale, shift = self.emb_layers(time_emb).to(h.dtype).unsqueeze(-1).chunk(2, dim=1)  # (B, C, 1) each
-        norm, *rest = self.out_layers
-        h = norm(h) * (1 + scale) + shift
-        for layer in rest:
-            h = layer(h)
-        return x + h
+        scale, shift = self.emb_layers(time_emb).chunk(2, dim=1)  # (B, C) each
+        norm, silu, _, conv = self.out_layers
+        h = conv(silu(modulated_norm(norm, h, scale, shift)))
+        return h.add_(x)  # h is this block's own fresh tensor
+
+
+def modulated_norm(norm: GroupNormFP32, h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """norm(h) * (1 + scale) + shift for h (B, C, T) and per-sample scale, shift (B, C)."""
+    # The affine is per channel, so the fold needs one modulation for the whole batch: true for a
+    # single sample and for guidance, where both halves share the timestep. Otherwise go per sample.
+    if scale.shape[0] == 1 or (torch.equal(scale, scale[:1].expand_as(scale)) and torch.equal(shift, shift[:1].expand_as(shift))):
+        return norm.modulated(h, scale[:1], shift[:1])
+    return torch.cat([norm.modulated(h[i : i + 1], scale[i : i + 1], shift[i : i + 1]) for i in range(h.shape[0])])
 
 
 class DiffusionLayer(nn.Module):
@@ -200,7 +220,7 @@ class DiffusionDecoder(nn.Module):
         self.integrating_conv = nn.Conv1d(2 * c, c, 1)
         self.mel_head = nn.Conv1d(c, in_channels, 3, padding=1)  # training-time auxiliary head; unused here
         self.layers = nn.ModuleList([DiffusionLayer(c, num_heads) for _ in range(num_layers)] + [ResBlock(c, c) for _ in range(3)])
-        self.out = nn.Sequential(group_norm(c), nn.SiLU(), nn.Conv1d(c, out_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(c), nn.SiLU(inplace=True), nn.Conv1d(c, out_channels, 3, padding=1))
 
     @property
     def dtype(self) -> torch.dtype:
