@@ -124,7 +124,7 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(self.norm(x))  # (B, 3C, T); channels grouped per head as [q | k | v], each head_dim wide
         bias = self.relative_pos_embeddings(x.shape[-1], x.device, qkv.dtype)  # (1, H, T, T)
-        if qkv.dtype == torch.float32:
+        if qkv.dtype == torch.float32 or qkv.is_cuda:  # GPUs run SDPA's fused kernels fast in any dtype
             attended = flash_attention(qkv, bias, self.num_heads)
         else:
             attended = bmm_attention(qkv, bias, self.num_heads)
