@@ -354,6 +354,10 @@ def weights_fingerprint(models_dir) -> str:
 def download(models_dir=None) -> Path:
     """Fetch the six files from Hugging Face into models_dir (resumes partial downloads, shows progress)."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hf_logging
+
+    # Its retry warnings would bury our one-line error (progress bars still show).
+    hf_logging.set_verbosity_error()
 
     target = Path(models_dir).expanduser() if models_dir is not None else (
         Path(os.environ["TORTOISE_MODELS_DIR"]).expanduser() if os.environ.get("TORTOISE_MODELS_DIR") else DEFAULT_MODELS_DIR
