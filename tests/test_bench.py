@@ -28,7 +28,7 @@ def positive(value) -> bool:
 def quick_report(tiny_models_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "report.json"
     side_args = [arg for side in SIDES for arg in ("--side", side)]
-    done = run_cli("bench", "--quick", "--models-dir", str(tiny_models_dir), "--json", str(out), *side_args)
+    done = run_cli("bench", "--quick", "--samplers", "--models-dir", str(tiny_models_dir), "--json", str(out), *side_args)
     print(done.stdout[-6000:], done.stderr[-3000:])
     assert done.returncode == 0, done.stderr
     return json.loads(out.read_text()), done.stdout
@@ -58,8 +58,11 @@ def test_quick_bench_report_structure(quick_report):
     # Peak memory is each worker's own (not inherited from the parent): a tiny model set stays small.
     assert report["sides"]["ours fp32"]["peak_memory_bytes"] < 4e9
     assert report["sides"]["ours ultra_fast_v2"]["settings"]["sampler"] == "dpmpp2m"
-    for table in ("seconds per stage", "decode and memory", "fidelity on fixed inputs", "targets"):
+    for table in ("seconds per stage", "decode and memory", "fidelity on fixed inputs", "targets", "sampler distance"):
         assert table in stdout
+    distances = report["samplers"]["rms_log_mel_distance"]
+    assert set(distances) == {"dpmpp2m 10", "dpmpp2m 15", "ddim 15", "ddpm 4 (reference)"}
+    assert all(positive(value) for value in distances.values())
 
 
 def test_quick_bench_fidelity(quick_report):

@@ -420,6 +420,32 @@ def prepare_weight_copies(sides: list[Side], options: BenchOptions, say) -> None
         subprocess.run([sys.executable, "-c", script, str(options.models_dir), precision], check=True)
 
 
+def sampler_comparison(options: BenchOptions, reference_steps: int = 200) -> dict:
+    """The DPM-Solver++ check: RMS log-mel distance of fast samplers to a many-step DDIM from the same x_T.
+
+    One random latent sequence of --codes frames through our diffusion decoder in bf16, guidance
+    k=2. On random weights this says how well each solver tracks the probability-flow solution, not
+    how the speech sounds.
+    """
+    from tutortoietts.engine.checkpoints import load_network
+    from tutortoietts.engine.diffusion import sampler_fidelity
+
+    device = torch.device(options.device)
+    config = models_config(options.models_dir)["diffusion_decoder"]
+    net = load_network("diffusion_decoder", options.models_dir, device=device, dtype=torch.bfloat16)
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    latents = torch.randn(1, options.code_length, config["in_latent_channels"], generator=generator)
+    cond = torch.randn(1, 2 * config["model_channels"], generator=generator)
+    candidates = {
+        "dpmpp2m 10": ("dpmpp2m", 10), "dpmpp2m 15": ("dpmpp2m", 15), "ddim 15": ("ddim", 15),
+        f"ddpm {options.diffusion_steps} (reference)": ("ddpm", options.diffusion_steps),
+    }
+    with torch.inference_mode():
+        distances = sampler_fidelity(net, latents.to(device, torch.bfloat16), cond.to(device, torch.bfloat16), candidates,
+                                     reference=("ddim", reference_steps), cond_free=True, cond_free_k=2.0)
+    return dict(reference=f"ddim {reference_steps}", precision="bf16", rms_log_mel_distance=distances)
+
+
 def summarise(options: BenchOptions, config: dict, sides: list[Side], runs: dict[str, list[dict]], bandwidth: float) -> dict:
     """Best-of-repeats seconds per stage, speedups against the reference with its KV cache, fidelity."""
     baseline_name = "reference kv-cache"

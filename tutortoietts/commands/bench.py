@@ -82,6 +82,15 @@ def targets_table(report: dict) -> Table:
     return table
 
 
+def sampler_table(result: dict) -> Table:
+    table = Table(title=f"sampler distance to {result['reference']} from the same noise (RMS log-mel, {result['precision']})")
+    table.add_column("sampler")
+    table.add_column("distance", justify="right")
+    for name, distance in result["rms_log_mel_distance"].items():
+        table.add_row(name, f"{distance:.3f}")
+    return table
+
+
 def bench(
     models_dir: ModelsDir = None,
     device: Device = "cpu",
@@ -96,6 +105,7 @@ def bench(
     no_cache_reference: Annotated[bool, typer.Option("--reference-no-cache/--skip-reference-no-cache", help="Also time the reference's default path without a KV cache (autoregressive stage only; slow).")] = True,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile our decode step (CUDA graphs on CUDA); compile time shows as warm-up.")] = False,
     warmup: Annotated[Optional[bool], typer.Option("--warmup/--no-warmup", help="A short untimed run per side first (default on, off with --quick).")] = None,
+    samplers: Annotated[bool, typer.Option("--samplers", help="Also measure how close DPM-Solver++ / DDIM / the reference's DDPM land to a 200-step DDIM (same noise).")] = False,
 ) -> None:
     """Time the reference tortoise-tts and our engine on the same random full-size weights, stage by stage."""
     from tutortoietts import bench as bench_lib
@@ -115,8 +125,13 @@ def bench(
     console = Console(width=max(Console().width, 150))
     with console.status("benchmarking") as status:
         report = bench_lib.run_bench(options, progress=lambda message: status.update(message))
+        if samplers:
+            status.update("comparing samplers against a many-step DDIM")
+            report["samplers"] = bench_lib.sampler_comparison(options, reference_steps=20 if quick else 200)
     for table in (speed_table(report), hardware_table(report), fidelity_table(report), targets_table(report)):
         console.print(table)
+    if "samplers" in report:
+        console.print(sampler_table(report["samplers"]))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2))
