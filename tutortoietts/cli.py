@@ -17,20 +17,17 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    # Imported here so `tutortoietts --help` stays fast and a broken optional command
-    # cannot take the others down with it at import time.
-    from tutortoietts.commands import generate, library, models
+    # Here rather than at import time, so that importing tutortoietts.cli (tests, tools) stays cheap.
+    from tutortoietts.commands import bench, generate, library, models, profile
 
-    app.add_typer(models.app, name="models")
     app.command("generate")(generate.generate)
     app.command("voices")(library.voices)
     app.command("jobs")(library.jobs)
-    app.add_typer(library.cache_app, name="cache")
     app.command("presets")(library.presets)
-    from tutortoietts.commands import bench, profile
-
     app.command("bench")(bench.bench)
     app.command("profile")(profile.profile)
+    app.add_typer(models.app, name="models")
+    app.add_typer(library.cache_app, name="cache")
 
 
 def debug_enabled() -> bool:
