@@ -11,6 +11,7 @@ global RNG. The reference's wav2vec "redaction" of bracketed text is not done.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,22 +76,32 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def return_freed_memory_promptly() -> None:
-    """Make glibc give large freed blocks back to the OS at once (fixed mmap threshold).
+def release_freed_memory(device: torch.device) -> None:
+    """Hand the heap pages a finished stage freed back to the OS (glibc's malloc_trim).
 
-    By default glibc raises its mmap threshold after big blocks are freed, so each stage's
-    activations stay in the heap after the stage ends and the peak is the sum of the stages
-    rather than the largest. Measured at full size, ultra_fast_v2 on the CPU: 3.18 GB -> 2.75 GB
-    peak RSS. No-op where libc is not glibc.
+    glibc keeps freed activation buffers in the heap, so without this each stage's leftovers
+    stack up and the peak is the sum of the stages rather than the largest one. Called between
+    stages, never inside them: a fixed low mmap threshold did the same for the peak but made
+    every large allocation fault in fresh pages and slowed diffusion by a third. No-op off glibc.
     """
+    if device.type != "cpu":
+        return
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD = 128 KiB, glibc's default starting value
+        libc.malloc_trim  # glibc only
+        return libc
     except (OSError, AttributeError):
-        pass
+        return None
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype, bool]:
@@ -142,8 +153,6 @@ class Tortoise:
         """Find the checkpoints (see checkpoints.find_models_dir), load every network strictly."""
         device = resolve_device(device)
         dtype, int8 = resolve_precision(precision, device)
-        if device.type == "cpu":
-            return_freed_memory_promptly()
         folder = checkpoints.find_models_dir(models_dir)
         config = checkpoints.read_config(folder)
         networks = {}
@@ -218,7 +227,9 @@ class Tortoise:
             batch_size=settings.batch_size(),
             generator=self._generator(seed, "autoregressive"),
         )  # (k, T), stop-token padded
-        return fix_codes(codes).long().cpu()
+        codes = fix_codes(codes).long().cpu()
+        release_freed_memory(self.device)
+        return codes
 
     @torch.inference_mode()
     def rerank(self, text_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -227,6 +238,7 @@ class Tortoise:
             self.clvp.score(text_ids.to(self.device), part.to(self.device)).float().cpu()
             for part in codes.split(RERANK_BATCH)
         ]
+        release_freed_memory(self.device)
         return torch.cat(scores)
 
     @torch.inference_mode()
@@ -267,7 +279,9 @@ class Tortoise:
             generator=self._generator(seed, "diffusion"),
             progress=steps,
         )
-        return mel.float().cpu()
+        mel = mel.float().cpu()
+        release_freed_memory(self.device)
+        return mel
 
     @torch.inference_mode()
     def vocode(self, mel: torch.Tensor, noise: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
@@ -281,7 +295,9 @@ class Tortoise:
             None if noise is None else noise.to(self.device, torch.float32),
             generator=self._generator(seed, "vocoder"),
         )
-        return wave.float().cpu()
+        wave = wave.float().cpu()
+        release_freed_memory(self.device)
+        return wave
 
     # -- all together --------------------------------------------------------------------------
 
