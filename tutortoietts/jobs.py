@@ -99,15 +99,10 @@ class PlannedChunk:
     cache_key: str
 
 
-@dataclass
-class ChunkRow:
-    chapter: int
-    index: int
-    chapter_title: str
-    text: str
-    pause_after: str
-    seed: int
-    cache_key: str
+@dataclass(frozen=True)
+class ChunkRow(PlannedChunk):
+    """A planned chunk as the job table holds it: plus its status and the rendered file's facts."""
+
     status: str
     audio_path: str | None
     checksum: str | None
