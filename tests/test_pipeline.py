@@ -165,3 +165,19 @@ def test_int8_autoregressive(tiny_models_dir, voice):
     text_ids = tts.tokenize(TEXT)
     codes = tts.sample_codes(text_ids, voice, SETTINGS, seed=7)
     assert codes.shape == (SETTINGS.num_autoregressive_samples, SETTINGS.max_mel_tokens)
+
+
+def test_low_vram_stages_give_the_same_audio_and_free_the_kv_cache(tiny_models_dir):
+    """The low_vram stage wrapper (networks moved on and off the device around each stage)."""
+    from tutortoietts.engine import Tortoise
+    from tutortoietts.settings import load_preset
+
+    tts = Tortoise.load(tiny_models_dir, device="cpu", precision="fp32")
+    settings = load_preset("ultra_fast", num_autoregressive_samples=2, max_mel_tokens=16, diffusion_iterations=3)
+    voice = tts.random_voice(0)
+    plain = tts.synthesize("Low memory, same sound.", voice, settings, seed=5)
+    tts.low_vram = True  # on the CPU the moves are no-ops, but every stage runs through the wrapper
+    wrapped = tts.synthesize("Low memory, same sound.", voice, settings, seed=5)
+    assert torch.equal(plain.samples, wrapped.samples)
+    assert all(block.attn.kv_cache is None for block in tts.autoregressive.gpt.h)
+    assert Tortoise.load(tiny_models_dir, device="cpu", precision="fp32", low_vram=True).low_vram is False  # CPU: nothing to offload

@@ -40,6 +40,7 @@ class RenderRequest:
     author: str | None = None
     force: bool = False
     cache_dir: Path | None = None
+    low_vram: bool = False  # networks on the GPU only during their stage
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,8 @@ class LazyEngine:
                 from tutortoietts.engine.pipeline import Tortoise
 
                 loader = Tortoise.load
-            self._tts = self._setup(lambda: loader(self.plan.models_dir, self.request.device, self.plan.settings.precision))
+            options = {"low_vram": True} if self.request.low_vram else {}
+            self._tts = self._setup(lambda: loader(self.plan.models_dir, self.request.device, self.plan.settings.precision, **options))
         return self._tts
 
     def voice_latents(self):

@@ -123,6 +123,7 @@ def generate(
     force: Annotated[bool, typer.Option("--force", help="Render every chunk again, ignoring the job's finished chunks and the cache.")] = False,
     settings: Annotated[Optional[list[str]], typer.Option("--set", help="Override one preset value, key=value; repeatable.")] = None,
     quiet: Quiet = False,
+    low_vram: Annotated[bool, typer.Option("--low-vram", help="Keep the networks in CPU memory and move each to the GPU only for its stage (for small GPUs; slower).")] = False,
 ) -> None:
     """Turn a manuscript into an audiobook; an interrupted run resumes where it stopped."""
     from tutortoietts.render import RenderRequest, render_book
@@ -132,7 +133,7 @@ def generate(
     request = RenderRequest(
         book=book, voice=voice, preset=preset, overrides=parse_set_options(settings or []), out_dir=out,
         fmt=fmt.lower(), models_dir=models_dir, device=device, precision=precision, seed=seed, title=title,
-        author=author, force=force,
+        author=author, force=force, low_vram=low_vram,
     )
     if quiet:
         summary = render_book(request)

@@ -126,15 +126,42 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     raise UserError(f"unknown precision {precision!r}: use auto, fp32, bf16, fp16 or int8")
 
 
+def uses(*names: str):
+    """Stage decorator: with low_vram, the named networks are on the device only while the stage runs."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            if not self.low_vram:
+                return method(self, *args, **kwargs)
+            networks = [getattr(self, name) for name in names]
+            for network in networks:
+                network.to(self.device)
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                for network in networks:
+                    if hasattr(network, "clear_caches"):
+                        network.clear_caches()  # the KV cache is not a module buffer: free it here
+                    network.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+        return run
+
+    return wrap
+
+
 class Tortoise:
-    """All six networks, loaded once onto one device in one precision."""
+    """All six networks, loaded once onto one device in one precision (or kept on the CPU between
+    stages with low_vram, for GPUs too small to hold them all)."""
 
     sample_rate = SAMPLE_RATE
     text_token_limit = TEXT_TOKEN_LIMIT  # most tokenizer ids one call can speak
     max_text_tokens = MAX_TEXT_TOKENS
 
     def __init__(self, networks: dict[str, torch.nn.Module], config: dict[str, dict], device: torch.device,
-                 dtype: torch.dtype, precision: str, models_dir: Path | None = None):
+                 dtype: torch.dtype, precision: str, models_dir: Path | None = None, low_vram: bool = False):
         self.autoregressive = networks["autoregressive"]
         self.clvp = networks["clvp2"]
         self.diffusion = networks["diffusion_decoder"]
@@ -146,12 +173,20 @@ class Tortoise:
         self.dtype = dtype
         self.precision = precision
         self.models_dir = models_dir
+        self.low_vram = low_vram and device.type != "cpu"
         self.tokenizer = Tokenizer()
 
     @classmethod
-    def load(cls, models_dir=None, device: str | torch.device = "cpu", precision: str = "fp32") -> "Tortoise":
-        """Find the checkpoints (see checkpoints.find_models_dir), load every network strictly."""
+    def load(cls, models_dir=None, device: str | torch.device = "cpu", precision: str = "fp32",
+             low_vram: bool = False) -> "Tortoise":
+        """Find the checkpoints (see checkpoints.find_models_dir), load every network strictly.
+
+        low_vram: keep the networks in CPU memory and move each onto the GPU only for its stage
+        (slower: about 1.8 GB crosses the bus per chunk in bf16).
+        """
         device = resolve_device(device)
+        low_vram = low_vram and device.type != "cpu"
+        load_device = torch.device("cpu") if low_vram else device
         dtype, int8 = resolve_precision(precision, device)
         folder = checkpoints.find_models_dir(models_dir)
         config = checkpoints.read_config(folder)
@@ -161,12 +196,12 @@ class Tortoise:
             # The vocoder stays fp32 too: in bf16 its waveform drifted by up to 0.2 on a 0.8 peak
             # (full size), an audible error for a few percent of the total time.
             stem_dtype = torch.float32 if stem.startswith("rlg") or stem == "vocoder" else dtype
-            networks[stem] = checkpoints.load_network(stem, folder, config, device, stem_dtype)
+            networks[stem] = checkpoints.load_network(stem, folder, config, load_device, stem_dtype)
         if int8:
             from tutortoietts.engine.quant import quantize_autoregressive
 
             quantize_autoregressive(networks["autoregressive"])
-        return cls(networks, config, device, dtype, precision, folder)
+        return cls(networks, config, device, dtype, precision, folder, low_vram)
 
     # -- text and voice ----------------------------------------------------------------------
 
@@ -182,6 +217,7 @@ class Tortoise:
             )
         return torch.tensor([ids], dtype=torch.long)
 
+    @uses("autoregressive", "diffusion")
     @torch.inference_mode()
     def voice_latents(self, clips: list[torch.Tensor]) -> VoiceLatents:
         """Reference clips (1-D, 22.05 kHz) -> a voice; the reference's get_conditioning_latents."""
@@ -196,6 +232,7 @@ class Tortoise:
         diffusion = self.diffusion.conditioning_latent(diffusion_mels.to(self.device, self.dtype))  # (1, 2C)
         return VoiceLatents(ar.float().cpu(), diffusion.float().cpu())
 
+    @uses("rlg_auto", "rlg_diffuser")
     @torch.inference_mode()
     def random_voice(self, seed: int = 0) -> VoiceLatents:
         """A random but consistent voice from the random latent generators."""
@@ -209,6 +246,7 @@ class Tortoise:
     def _generator(self, seed: int, stage: str) -> torch.Generator:
         return torch.Generator(self.device).manual_seed(stage_seed(seed, stage))
 
+    @uses("autoregressive")
     @torch.inference_mode()
     def sample_codes(self, text_ids: torch.Tensor, voice: VoiceLatents, settings, seed: int) -> torch.Tensor:
         """num_autoregressive_samples candidate code sequences, fixed up for CLVP and diffusion.
@@ -231,6 +269,7 @@ class Tortoise:
         release_freed_memory(self.device)
         return codes
 
+    @uses("clvp")
     @torch.inference_mode()
     def rerank(self, text_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """CLVP's text/speech agreement per candidate: codes (k, T) -> (k,) float32, higher is better."""
@@ -241,6 +280,7 @@ class Tortoise:
         release_freed_memory(self.device)
         return torch.cat(scores)
 
+    @uses("autoregressive")
     @torch.inference_mode()
     def code_latents(self, text_ids: torch.Tensor, codes: torch.Tensor, voice: VoiceLatents,
                      trim: bool = True) -> torch.Tensor:
@@ -259,6 +299,7 @@ class Tortoise:
             latents = latents[:, :keep]
         return latents
 
+    @uses("diffusion")
     @torch.inference_mode()
     def diffuse(self, latents: torch.Tensor, voice: VoiceLatents, settings, noise: torch.Tensor | None = None,
                 seed: int = 0, progress: Progress | None = None) -> torch.Tensor:
@@ -283,6 +324,7 @@ class Tortoise:
         release_freed_memory(self.device)
         return mel
 
+    @uses("vocoder")
     @torch.inference_mode()
     def vocode(self, mel: torch.Tensor, noise: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
         """Mel (n, 100, frames) -> waveform (n, 1, frames * 256) in [-1, 1], float32.
