@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,6 @@ from tutortoietts.paths import cache_dir
 ENGINE_VERSION = f"tutortoietts-{__version__}/cache-1"
 DEFAULT_SIZE_LIMIT = 2 * 1024**3  # 2 GiB: a long book's chunk audio at 24 kHz float32 fits several times
 NAMESPACES = ("voice", "ar", "audio")
-
-def default_cache_dir() -> Path:
-    return cache_dir()
-
 
 # ---------------------------------------------------------------- keys
 
@@ -98,7 +93,7 @@ class Cache:
     """Three namespaces in one diskcache store; hits and misses counted per namespace on disk."""
 
     def __init__(self, directory: Path | str | None = None, size_limit: int = DEFAULT_SIZE_LIMIT):
-        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.directory = Path(directory) if directory is not None else cache_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
         # Values over 32 KiB (chunk audio, latents) land in their own files; LRU so a re-run keeps its own.
         self._store = diskcache.Cache(

@@ -6,11 +6,10 @@ import functools
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
 
-from tutortoietts.engine.pipeline import TEXT_TOKEN_LIMIT
+from tutortoietts.engine.tokenizer import TEXT_TOKEN_LIMIT, Tokenizer, clean
 from tutortoietts.errors import UserError
 from tutortoietts.manuscript import Book
 
@@ -89,16 +88,8 @@ def normalise_text(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _tokenizer():
-    from tutortoietts.engine.tokenizer import Tokenizer
-
-    return Tokenizer()
-
-
-def _cleaner() -> Callable[[str], str]:
-    from tutortoietts.engine.tokenizer import clean
-
-    return clean
+def _tokenizer() -> Tokenizer:
+    return Tokenizer()  # reads the BPE vocabulary: once
 
 
 def text_tokens(text: str) -> int:
@@ -108,7 +99,7 @@ def text_tokens(text: str) -> int:
 
 def expected_mel_tokens(text: str, limits: ChunkLimits) -> float:
     """Expected AR length: spoken characters (numbers spelled out) at the narrator's rate."""
-    seconds = len(_cleaner()(text)) / limits.chars_per_second
+    seconds = len(clean(text)) / limits.chars_per_second
     return seconds * MEL_TOKENS_PER_SECOND
 
 

@@ -43,6 +43,11 @@ class RenderRequest:
     low_vram: bool = False  # networks on the GPU only during their stage
 
 
+def real_time_factor(wall_seconds: float, audio_seconds: float) -> float | None:
+    """Wall seconds per second of audio; None when there is no audio yet."""
+    return wall_seconds / audio_seconds if audio_seconds > 0 else None
+
+
 @dataclass(frozen=True)
 class ProgressEvent:
     """One finished chunk (kind "chunk"), or the start / end of the loop, for a progress display."""
@@ -60,7 +65,7 @@ class ProgressEvent:
     @property
     def real_time_factor(self) -> float | None:
         """Compute seconds per second of audio (below 1 is faster than real time)."""
-        return self.wall_seconds / self.audio_seconds if self.audio_seconds > 0 else None
+        return real_time_factor(self.wall_seconds, self.audio_seconds)
 
 
 @dataclass
@@ -80,7 +85,7 @@ class RenderSummary:
     @property
     def real_time_factor(self) -> float | None:
         """This run's wall time per second of audio it produced; None when it produced none."""
-        return self.wall_seconds / self.run_audio_seconds if self.run_audio_seconds > 0 else None
+        return real_time_factor(self.wall_seconds, self.run_audio_seconds)
 
 
 @dataclass

@@ -20,15 +20,12 @@ from typing import Callable
 import torch
 
 from tutortoietts.engine import checkpoints
-from tutortoietts.engine.tokenizer import Tokenizer, clean
+from tutortoietts.engine.tokenizer import TEXT_TOKEN_LIMIT, Tokenizer, clean
 from tutortoietts.errors import UserError
 
 SAMPLE_RATE = 24000  # the vocoder's output rate
 CONDITIONING_RATE = 22050  # voice clips, and the rate the autoregressive codes were trained at
 MAX_TEXT_TOKENS = 402  # the autoregressive model's text position table (configs: max_text_tokens)
-# The reference's tts() pads the ids with one token and refuses anything not shorter than 400
-# after that, so the longest text it speaks is 398 ids; we keep its limit.
-TEXT_TOKEN_LIMIT = 398
 VOCODER_HOP = 256  # output samples per mel frame
 RERANK_BATCH = 64  # CLVP scores rows independently; batches only bound memory
 

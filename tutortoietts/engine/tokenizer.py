@@ -14,6 +14,9 @@ STOP_ID = 0
 UNK_ID = 1
 SPACE_ID = 2
 SPACE_TOKEN = "[SPACE]"
+# The reference's tts() pads the ids with one token and refuses anything not shorter than 400
+# after that, so the longest text it speaks is 398 ids; we keep its limit.
+TEXT_TOKEN_LIMIT = 398
 
 # Abbreviation -> spoken word. Applied one after another in this order, exactly as the
 # reference does: a replacement can remove the word boundary a later pattern needs
