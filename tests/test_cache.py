@@ -66,7 +66,7 @@ def test_store_round_trip_and_counters(tmp_path):
     reopened = Cache(tmp_path / "c")  # counters persist across processes
     stats = reopened.stats()
     print(stats)
-    assert stats["namespaces"]["audio"] == {"entries": 1, "hits": 1, "misses": 1, "hit_rate": 0.5}
+    assert stats["namespaces"]["audio"] == {"entries": 1, "hits": 1, "misses": 1, "damaged": 0, "hit_rate": 0.5}
     assert stats["namespaces"]["ar"]["hits"] == 1 and stats["namespaces"]["ar"]["misses"] == 1
     assert reopened.clear(weights_fp="w1") == 2  # tags: one weights version out in one call
     assert reopened.stats()["namespaces"]["voice"]["entries"] == 1
@@ -82,3 +82,54 @@ def test_size_limit_evicts(tmp_path):
     stats = store.stats()
     print(stats["bytes"], stats["namespaces"]["audio"]["entries"])
     assert stats["bytes"] <= 2_000_000 and stats["namespaces"]["audio"]["entries"] < 10
+
+
+def _value_files(directory):
+    return [p for p in (directory / "store").rglob("*.val")]
+
+
+def test_damaged_entries_are_misses_and_are_dropped(tmp_path):
+    samples = torch.linspace(-1, 1, 48000)  # 192 KB: stored in its own file, as chunk audio is
+    with Cache(tmp_path) as cache:
+        cache.put_audio("k1", samples, 24000, "w")
+        cache.put_audio("k2", samples * 0.5, 24000, "w")
+        files = sorted(_value_files(tmp_path))
+        assert len(files) == 2
+        by_key = {key: cache.get_audio(key)[0] for key in ("k1", "k2")}
+        raw = files[0].read_bytes()
+        files[0].write_bytes(raw[: len(raw) // 2])  # truncated
+        flipped = bytearray(files[1].read_bytes())
+        flipped[len(flipped) // 2] ^= 0x10  # one bit inside the samples: torch.load would read it as valid
+        files[1].write_bytes(bytes(flipped))
+        assert cache.get_audio("k1") is None and cache.get_audio("k2") is None
+        assert not cache.contains("audio", "k1") and not cache.contains("audio", "k2")  # dropped: the caller refills them
+        assert cache.stats()["namespaces"]["audio"]["damaged"] == 2
+        cache.put_audio("k1", samples, 24000, "w")
+        assert torch.equal(cache.get_audio("k1")[0], by_key["k1"])
+
+
+def test_damaged_index_is_set_aside_and_started_afresh(tmp_path):
+    with Cache(tmp_path) as cache:
+        cache.put_audio("k1", torch.zeros(10), 24000, "w")
+    index = tmp_path / "store" / "cache.db"
+    index.write_bytes(b"\0garbage" * 1000)
+    with Cache(tmp_path) as cache:
+        assert len(cache.notices) == 1 and "damaged" in cache.notices[0]
+        assert cache.get_audio("k1") is None
+        cache.put_audio("k1", torch.ones(10), 24000, "w")
+        assert torch.equal(cache.get_audio("k1")[0], torch.ones(10))
+    assert list(tmp_path.glob("store.damaged-*"))
+
+
+def test_a_failing_write_is_a_notice_not_an_error(tmp_path, monkeypatch):
+    import errno
+
+    with Cache(tmp_path) as cache:
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(cache._store, "set", full)
+        cache.put_audio("k1", torch.zeros(10), 24000, "w")
+        cache.put_audio("k2", torch.zeros(10), 24000, "w")
+        assert len(cache.notices) == 1 and "No space left" in cache.notices[0]
+        assert cache.get_audio("k1") is None

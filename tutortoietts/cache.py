@@ -6,6 +6,9 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
+import sqlite3
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +16,11 @@ from pathlib import Path
 import diskcache
 
 from tutortoietts import __version__
+from tutortoietts.errors import UserError
 from tutortoietts.paths import cache_dir
 
 # Bump the suffix when a stage's output changes for the same inputs, so old entries stop matching.
-ENGINE_VERSION = f"tutortoietts-{__version__}/cache-1"
+ENGINE_VERSION = f"tutortoietts-{__version__}/cache-2"
 DEFAULT_SIZE_LIMIT = 2 * 1024**3  # 2 GiB: a long book's chunk audio at 24 kHz float32 fits several times
 NAMESPACES = ("voice", "ar", "audio")
 
@@ -89,18 +93,50 @@ def _from_bytes(data: bytes) -> dict:
     return torch.load(io.BytesIO(data), weights_only=True)
 
 
+def _seal(value: bytes) -> bytes:
+    """The value behind its sha256: a truncated or altered entry can never be read back as valid."""
+    return hashlib.sha256(value).digest() + value
+
+
+def _unseal(data: bytes) -> bytes | None:
+    value = data[32:]
+    return value if len(data) >= 32 and hashlib.sha256(value).digest() == data[:32] else None
+
+
 class Cache:
-    """Three namespaces in one diskcache store; hits and misses counted per namespace on disk."""
+    """Three namespaces in one diskcache store; hits and misses counted per namespace on disk.
+
+    Only ever a cache: a damaged entry is a miss (and is dropped), a damaged store is set aside
+    and started afresh, and a failed write (a full disk) costs a later recomputation, not the run.
+    """
 
     def __init__(self, directory: Path | str | None = None, size_limit: int = DEFAULT_SIZE_LIMIT):
         self.directory = Path(directory) if directory is not None else cache_dir()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.notices: list[str] = []  # what was repaired or could not be written, for the user to read
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the cache folder {self.directory}: {error.strerror or error}; "
+                            "set TUTORTOIETTS_CACHE to a writable folder") from None
         # Values over 32 KiB (chunk audio, latents) land in their own files; LRU so a re-run keeps its own.
-        self._store = diskcache.Cache(
-            str(self.directory / "store"), size_limit=size_limit, eviction_policy="least-recently-used"
-        )
+        self._store = self._open("store", size_limit=size_limit, eviction_policy="least-recently-used")
         # Counters live apart, never evicted: the cache may forget values, not its own statistics.
-        self._counters = diskcache.Cache(str(self.directory / "counters"), eviction_policy="none")
+        self._counters = self._open("counters", eviction_policy="none")
+        self._write_failed = False
+
+    def _open(self, name: str, **options) -> diskcache.Cache:
+        path = self.directory / name
+        try:
+            store = diskcache.Cache(str(path), **options)
+            store.get("__probe__")  # one read of the index, so damage shows here rather than mid-book
+            return store
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError):
+                raise UserError(f"cannot open the cache {path}: {error}") from None
+            aside = path.with_name(f"{name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, aside)
+            self.notices.append(f"the cache index {path} was damaged ({error}); it was moved to {aside.name} and started afresh")
+            return diskcache.Cache(str(path), **options)
 
     def close(self) -> None:
         self._store.close()
@@ -115,13 +151,35 @@ class Cache:
     # raw access: namespaced hex-digest string keys, bytes values
 
     def _get(self, namespace: str, key: str) -> bytes | None:
-        value = self._store.get(f"{namespace}:{key}")
-        self._counters.incr(f"{namespace}:{'hits' if value is not None else 'misses'}")
+        try:
+            data = self._store.get(f"{namespace}:{key}")
+        except sqlite3.DatabaseError as error:
+            data = None
+            notice = f"the cache could not be read ({error}); run `tutortoietts cache clear` if this repeats"
+            if notice not in self.notices:
+                self.notices.append(notice)
+        value = _unseal(data) if isinstance(data, bytes) else None
+        if data is not None and value is None:
+            self._store.delete(f"{namespace}:{key}")  # damaged: recomputed and stored again by the caller
+            self._count(f"{namespace}:damaged")
+        self._count(f"{namespace}:{'hits' if value is not None else 'misses'}")
         return value
 
+    def _count(self, counter: str) -> None:
+        try:
+            self._counters.incr(counter)
+        except OSError:
+            pass  # statistics are not worth failing a render for
+
     def _set(self, namespace: str, key: str, value: bytes, weights_fp: str) -> None:
-        # The tag is the weights fingerprint: dropping one checkpoint set's entries is one evict() call.
-        self._store.set(f"{namespace}:{key}", value, tag=weights_fp)
+        try:
+            # The tag is the weights fingerprint: dropping one checkpoint set's entries is one evict() call.
+            self._store.set(f"{namespace}:{key}", _seal(value), tag=weights_fp)
+        except (OSError, sqlite3.OperationalError) as error:
+            # The job folder keeps the audio; a cache that cannot be written only makes later runs slower.
+            if not self._write_failed:
+                self._write_failed = True
+                self.notices.append(f"the cache could not be written ({error}); rendering goes on without it")
 
     def contains(self, namespace: str, key: str) -> bool:
         return f"{namespace}:{key}" in self._store
@@ -175,6 +233,7 @@ class Cache:
                 "entries": entries[namespace],
                 "hits": hits,
                 "misses": misses,
+                "damaged": int(self._counters.get(f"{namespace}:damaged", 0)),
                 "hit_rate": hits / lookups if lookups else None,
             }
         return {

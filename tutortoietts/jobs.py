@@ -18,6 +18,7 @@ from tutortoietts.errors import UserError
 DB_NAME = "job.sqlite"
 LOCK_NAME = "job.lock"
 CHUNKS_DIR = "chunks"
+KEPT_DIR = ".kept"  # under chunks/: audio of chunks no longer planned, until the book is finished again
 STATUSES = ("pending", "done", "failed")
 
 SCHEMA = """
@@ -59,27 +60,70 @@ def chunk_seed(job_seed: int, text: str) -> int:
     return int.from_bytes(data[:8], "big") % (2**31)  # fits every RNG's seed range
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+META_CHUNK = b"ttts"  # our RIFF chunk in every chunk file; WAV readers skip chunks they do not know
 
 
-def float_wav_bytes(samples, sample_rate: int) -> bytes:
-    """A mono 32-bit float WAV, written by hand: libsndfile adds a timestamped PEAK chunk, which
-    would make identical audio give different checksums. Float, so nothing is quantised before
-    stitch normalises loudness."""
+def float_wav_bytes(samples, sample_rate: int, key: str = "") -> bytes:
+    """A mono 32-bit float WAV, written by hand, that carries its cache key and the sha256 of its samples.
+
+    By hand because libsndfile adds a timestamped PEAK chunk, which would make identical audio
+    give different checksums. Float, so nothing is quantised before stitch normalises loudness.
+    The key and hash make the file self-verifying: a damaged or missing job database can be
+    rebuilt from the chunk files, and a truncated or altered file is always detected.
+    """
     import numpy as np
 
     data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
     fmt = struct.pack("<HHIIHH", 3, 1, sample_rate, sample_rate * 4, 4, 32)  # 3 = WAVE_FORMAT_IEEE_FLOAT
     # A non-PCM format wants a "fact" chunk holding the sample count.
     fact = struct.pack("<I", len(data) // 4)
+    meta = json.dumps({"key": key, "sha256": hashlib.sha256(data).hexdigest()}).encode()
+    meta += b" " * (len(meta) % 2)  # RIFF chunks have even sizes
     body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<I", 4) + fact
+    body += META_CHUNK + struct.pack("<I", len(meta)) + meta
     body += b"data" + struct.pack("<I", len(data)) + data
     return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+@dataclass(frozen=True)
+class ChunkFile:
+    """What a whole chunk file says about itself."""
+
+    key: str
+    sha256: str  # of the sample data
+    duration: float
+
+
+def read_chunk_file(path: Path) -> ChunkFile | None:
+    """The file's key, hash and duration if it is whole (its samples hash to the sha256 inside it), else None."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return None
+    if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        return None
+    chunks, offset = {}, 12
+    while offset + 8 <= len(raw):
+        name, size = raw[offset : offset + 4], struct.unpack("<I", raw[offset + 4 : offset + 8])[0]
+        chunks[name] = raw[offset + 8 : offset + 8 + size]
+        if len(chunks[name]) != size:
+            return None  # truncated
+        offset += 8 + size + size % 2
+    if not {b"fmt ", b"data", META_CHUNK} <= chunks.keys() or len(chunks[b"fmt "]) < 8:
+        return None
+    try:
+        meta = json.loads(chunks[META_CHUNK])
+        key, expected = str(meta["key"]), str(meta["sha256"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    data = chunks[b"data"]
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        return None
+    sample_rate = struct.unpack("<I", chunks[b"fmt "][4:8])[0]
+    if sample_rate <= 0:
+        return None
+    return ChunkFile(key=key, sha256=actual, duration=len(data) / 4 / sample_rate)
 
 
 def default_job_dir(book_path: Path) -> Path:
@@ -130,14 +174,40 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_durably(target: Path, data: bytes) -> None:
+    """tmp file, fsync, rename, fsync the folder: the target is the old file or the whole new one, never half."""
+    temporary = target.with_name(target.name + ".tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk must not also leave a half file behind
+        raise
+    _fsync_dir(target.parent)
+
+
+def lock_holder(lock_path: Path) -> str:
+    """The pid written in a lock file, for messages ("" if unknown)."""
+    try:
+        text = Path(lock_path).read_text().strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
+
+
 class Job:
     """An open, locked job folder. Use as a context manager; a second process is refused."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.chunks_dir = self.directory / CHUNKS_DIR
+        self.kept_dir = self.chunks_dir / KEPT_DIR
         self._lock_handle = None
         self.db: sqlite3.Connection | None = None
+        self.notices: list[str] = []  # what open/prepare repaired, for the user to read
 
     # ------------------------------------------------------------ open / lock
 
@@ -146,24 +216,59 @@ class Job:
         job = cls(directory)
         if job.directory.exists() and not job.directory.is_dir():
             raise UserError(f"--out is a file, not a folder: {job.directory}")
-        job.chunks_dir.mkdir(parents=True, exist_ok=True)
-        job._acquire_lock()
-        job.db = sqlite3.connect(job.directory / DB_NAME, timeout=30, isolation_level=None)
-        # WAL: readers (`tutortoietts jobs`) never block the writer; synchronous=FULL so a
-        # committed "done" survives power loss, matching the fsynced audio it points to.
-        job.db.execute("PRAGMA journal_mode=WAL")
-        job.db.execute("PRAGMA synchronous=FULL")
-        job.db.executescript(SCHEMA)
+        try:
+            job.chunks_dir.mkdir(parents=True, exist_ok=True)
+            job._acquire_lock()
+        except OSError as error:
+            raise UserError(f"cannot write the job folder {job.directory}: {error.strerror or error}; choose another --out") from None
+        try:
+            job._connect()
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError):  # locked, disk full, I/O error: not damage
+                job.close()
+                raise UserError(f"cannot open the job database {job.directory / DB_NAME}: {error}") from None
+            job._set_damaged_database_aside(error)
+            job._connect()
         return job
 
+    def _connect(self) -> None:
+        self.db = sqlite3.connect(self.directory / DB_NAME, timeout=30, isolation_level=None)
+        # WAL: readers (`tutortoietts jobs`) never block the writer; synchronous=FULL so a
+        # committed "done" survives power loss, matching the fsynced audio it points to.
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        verdict = self.db.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(verdict)
+
+    def _set_damaged_database_aside(self, error: Exception) -> None:
+        """Keep the damaged file for inspection and start a fresh one: the chunk files rebuild it."""
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            path = self.directory / (DB_NAME + suffix)
+            if path.exists():
+                os.replace(path, self.directory / f"{DB_NAME}{suffix}.damaged-{stamp}")
+        self.notices.append(
+            f"the job database was damaged ({error}); it was moved to {DB_NAME}.damaged-{stamp} and rebuilt from the chunk files"
+        )
+
     def _acquire_lock(self) -> None:
-        handle = open(self.directory / LOCK_NAME, "a+")
+        lock_path = self.directory / LOCK_NAME
+        handle = open(lock_path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise UserError(f"another tutortoietts process is rendering this job ({self.directory}); wait for it or stop it")
-        # The holder's pid, for the curious; the flock itself is what excludes (released on any exit, even SIGKILL).
+            pid = lock_holder(lock_path)
+            holder = f"process {pid}" if pid else "another process"
+            stop = f" (kill {pid})" if pid else ""
+            raise UserError(f"tutortoietts {holder} is rendering this job ({self.directory}); wait for it or stop it{stop}") from None
+        # The flock is what excludes, and the kernel drops it when its holder dies, even by SIGKILL:
+        # a lock file left by a killed process is simply taken over. The pid is for the message above.
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -198,18 +303,19 @@ class Job:
                 plan: list[PlannedChunk], force: bool = False) -> dict:
         """Create the job, or bring an existing one up to date with a (maybe changed) plan.
 
-        Rows whose cache key is unchanged keep their audio; the rest become pending. `force`
-        makes every row pending. Returns {"created", "replanned", "kept", "pending"}.
+        Rows whose cache key is unchanged keep their audio, wherever it now sits; the rest become
+        pending. `force` makes every row pending. Returns {"created", "replanned", "kept",
+        "pending", "recovered", "damaged"}.
         """
         new_hash = plan_hash(plan)
         settings_json = json.dumps(settings, sort_keys=True)
         current = self.info()
         created = current is None
         replanned = created or current["plan_hash"] != new_hash
-        if replanned:
-            self._replan(plan)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
+            if replanned:
+                self._replace_rows(plan)
             if created:
                 self.db.execute(
                     "INSERT INTO job (id, book_path, book_hash, voice, preset, settings_json, seed, plan_hash, created)"
@@ -218,73 +324,83 @@ class Job:
                 )
             else:
                 self.db.execute(
-                    "UPDATE job SET book_path=?, book_hash=?, voice=?, preset=?, settings_json=?, seed=?, plan_hash=?"
-                    " WHERE id = 1",
+                    "UPDATE job SET book_path=?, book_hash=?, voice=?, preset=?, settings_json=?, seed=?, plan_hash=?,"
+                    " finished=NULL WHERE id = 1",
                     (str(book_path), book_hash, voice, preset, settings_json, seed, new_hash),
                 )
             if force:
                 self.db.execute("UPDATE chunks SET status='pending', error=NULL")
             # Failed rows get another try on every run.
             self.db.execute("UPDATE chunks SET status='pending' WHERE status='failed'")
-        self.verify_done()
+        repaired = self.reconcile(adopt=not force)
         counts = self.counts()
-        return {"created": created, "replanned": replanned, "kept": counts["done"], "pending": counts["pending"]}
+        return {"created": created, "replanned": replanned, "kept": counts["done"], "pending": counts["pending"], **repaired}
 
-    def _replan(self, plan: list[PlannedChunk]) -> None:
-        """Replace the chunk rows with `plan`, keeping the audio of every chunk whose key survives.
+    def _replace_rows(self, plan: list[PlannedChunk]) -> None:
+        """The plan's rows, all pending: reconcile() then gives back every chunk whose audio is on disk."""
+        self.db.execute("DELETE FROM chunks")
+        self.db.executemany(
+            "INSERT INTO chunks (chapter, idx, chapter_title, text, pause_after, seed, cache_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(c.chapter, c.index, c.chapter_title, c.text, c.pause_after, c.seed, c.cache_key) for c in plan],
+        )
 
-        A kept chunk may have moved (a paragraph inserted before it), so its file is staged
-        under its key first, then copied to its new name; the checksums make every step safe
-        to interrupt (a row whose file does not verify is simply rendered again).
+    def reconcile(self, adopt: bool = True) -> dict:
+        """Make rows and chunk files agree, trusting only files that verify themselves.
+
+        1. A whole file in a slot planned for another key (the plan changed, or a paragraph was
+           inserted before it) is set aside under its key in chunks/.kept/, so nothing rendered
+           is overwritten before it has been placed.
+        2. A done row whose file is missing, damaged or holds another key goes back to pending
+           ("damaged"). A pending row whose audio exists, in its slot or set aside, becomes done
+           ("recovered"): a run killed between the file's rename and the database commit, a
+           rebuilt database, or a moved chunk. adopt=False (--force) recovers nothing.
+        Returns {"recovered": n, "damaged": n}.
         """
-        staging = self.chunks_dir / ".replan"
-        staging.mkdir(exist_ok=True)
-        wanted = {c.cache_key for c in plan}
-        reusable: dict[str, tuple[str, float]] = {}  # key -> (checksum, duration)
-        for row in self.rows():
-            if row.status != "done" or row.cache_key not in wanted or row.cache_key in reusable:
-                continue
-            path = self.directory / row.audio_path if row.audio_path else None
-            if path is not None and path.is_file() and file_sha256(path) == row.checksum:
-                os.replace(path, staging / f"{row.cache_key}.wav")
-                reusable[row.cache_key] = (row.checksum, row.duration)
-        placed = []
-        for chunk in plan:
-            if chunk.cache_key in reusable:
-                target = self.chunk_path(chunk.chapter, chunk.index)
-                shutil.copyfile(staging / f"{chunk.cache_key}.wav", target)
-                placed.append((chunk, target))
+        for stale in self.chunks_dir.glob("*.tmp"):
+            stale.unlink()  # a write that a kill interrupted before its rename
+        rows = self.rows()
+        planned = {self.chunk_path(row.chapter, row.index).name: row.cache_key for row in rows}
+        self.kept_dir.mkdir(exist_ok=True)
+        for path in self.chunks_dir.glob("*.wav"):
+            found = read_chunk_file(path)
+            if found is not None and planned.get(path.name) != found.key:
+                os.replace(path, self.kept_dir / f"{found.key}.wav")
+        damaged, recovered = [], []
+        for row in rows:
+            target = self.chunk_path(row.chapter, row.index)
+            found = read_chunk_file(target) if target.exists() else None
+            whole = found is not None and found.key == row.cache_key
+            if not whole and adopt and row.status == "pending":
+                found = self._place_kept(row.cache_key, target)
+                whole = found is not None
+            if row.status == "done" and not whole:
+                damaged.append((row.chapter, row.index))
+            elif row.status == "pending" and whole and adopt:
+                recovered.append((str(target.relative_to(self.directory)), found.sha256, found.duration, row.chapter, row.index))
         with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM chunks")
-            for chunk in plan:
-                self.db.execute(
-                    "INSERT INTO chunks (chapter, idx, chapter_title, text, pause_after, seed, cache_key)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (chunk.chapter, chunk.index, chunk.chapter_title, chunk.text, chunk.pause_after, chunk.seed, chunk.cache_key),
-                )
-            for chunk, target in placed:
-                checksum, duration = reusable[chunk.cache_key]
-                self.db.execute(
-                    "UPDATE chunks SET status='done', audio_path=?, checksum=?, duration=?, attempts=0"
-                    " WHERE chapter=? AND idx=?",
-                    (str(target.relative_to(self.directory)), checksum, duration, chunk.chapter, chunk.index),
-                )
-        shutil.rmtree(staging, ignore_errors=True)
+            self.db.executemany("UPDATE chunks SET status='pending' WHERE chapter=? AND idx=?", damaged)
+            # attempts stays at least 1: the audio was rendered once, by whichever run made the file.
+            self.db.executemany(
+                "UPDATE chunks SET status='done', audio_path=?, checksum=?, duration=?, attempts=MAX(attempts, 1),"
+                " error=NULL WHERE chapter=? AND idx=?",
+                recovered,
+            )
+        return {"recovered": len(recovered), "damaged": len(damaged)}
 
-    def verify_done(self) -> list[ChunkRow]:
-        """Done rows whose file is gone or altered go back to pending; returns them."""
-        broken = []
-        for row in self.rows():
-            if row.status != "done":
-                continue
-            path = self.directory / row.audio_path if row.audio_path else None
-            if path is None or not path.is_file() or file_sha256(path) != row.checksum:
-                broken.append(row)
-        with self.db:
-            for row in broken:
-                self.db.execute("UPDATE chunks SET status='pending' WHERE chapter=? AND idx=?", (row.chapter, row.index))
-        return broken
+    def _place_kept(self, key: str, target: Path) -> ChunkFile | None:
+        """Copy a set-aside file into its new slot (a copy: two chunks with the same text share a key)."""
+        kept = self.kept_dir / f"{key}.wav"
+        found = read_chunk_file(kept) if kept.exists() else None
+        if found is None or found.key != key:
+            return None
+        _write_durably(target, kept.read_bytes())
+        return found
+
+    def verify_done(self) -> list[tuple[int, int]]:
+        """Done rows whose file is gone or altered go back to pending; returns their (chapter, index)."""
+        before = {(row.chapter, row.index) for row in self.rows("done")}
+        self.reconcile(adopt=False)
+        return sorted(before - {(row.chapter, row.index) for row in self.rows("done")})
 
     # ------------------------------------------------------------ rows
 
@@ -310,19 +426,14 @@ class Job:
         return self.chunks_dir / f"{chapter}-{index}.wav"
 
     def write_chunk(self, row: ChunkRow, samples, sample_rate: int, seconds: float) -> Path:
-        """Write audio durably, then mark the row done: tmp file, fsync, rename, fsync dir, commit."""
+        """Write audio durably (self-verifying file, tmp + fsync + rename), then mark the row done."""
         import numpy as np
 
         target = self.chunk_path(row.chapter, row.index)
-        temporary = target.with_name(target.name + ".tmp")
         data = np.asarray(samples.detach().float().cpu().numpy() if hasattr(samples, "detach") else samples, dtype=np.float32)
-        with open(temporary, "wb") as handle:
-            handle.write(float_wav_bytes(data, sample_rate))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-        _fsync_dir(self.chunks_dir)
-        checksum = file_sha256(target)
+        payload = float_wav_bytes(data, sample_rate, key=row.cache_key)
+        _write_durably(target, payload)
+        checksum = hashlib.sha256(np.ascontiguousarray(data, dtype="<f4").tobytes()).hexdigest()
         duration = len(data) / sample_rate
         with self.db:
             self.db.execute(
@@ -340,8 +451,10 @@ class Job:
             )
 
     def mark_finished(self) -> None:
+        """The book is exported: audio set aside from earlier plans is no longer needed."""
         with self.db:
             self.db.execute("UPDATE job SET finished=? WHERE id = 1", (time.time(),))
+        shutil.rmtree(self.kept_dir, ignore_errors=True)
 
 
 def read_job_summary(directory: Path) -> dict | None:
@@ -360,6 +473,9 @@ def read_job_summary(directory: Path) -> dict | None:
         for status, n in db.execute("SELECT status, COUNT(*) FROM chunks GROUP BY status"):
             counts[status] = n
         audio = db.execute("SELECT COALESCE(SUM(duration), 0) FROM chunks WHERE status='done'").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        # Shown, not raised: `generate` on this job sets the file aside and rebuilds it from the chunk files.
+        return {"directory": str(directory), "damaged": str(error), "running": _is_locked(Path(directory) / LOCK_NAME)}
     finally:
         db.close()
     info.update(counts=counts, total=sum(counts.values()), audio_seconds=audio, directory=str(directory))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ class RenderRequest:
     force: bool = False
     cache_dir: Path | None = None
     low_vram: bool = False  # networks on the GPU only during their stage
+    encoding: str | None = None  # the manuscript's text encoding when it is not UTF-8/UTF-16
 
 
 def real_time_factor(wall_seconds: float, audio_seconds: float) -> float | None:
@@ -52,7 +55,7 @@ def real_time_factor(wall_seconds: float, audio_seconds: float) -> float | None:
 class ProgressEvent:
     """One finished chunk (kind "chunk"), or the start / end of the loop, for a progress display."""
 
-    kind: str  # "start" | "chunk" | "stitch" | "end"
+    kind: str  # "start" | "chunk" | "stitch" | "end" | "notice" (a repair or problem the user should know of)
     done: int  # chunks finished so far, this run's and earlier runs'
     total: int
     chapter_title: str = ""
@@ -61,6 +64,7 @@ class ProgressEvent:
     audio_seconds: float = 0.0  # audio produced by this run so far
     wall_seconds: float = 0.0
     eta_seconds: float | None = None
+    message: str = ""  # for "notice"
 
     @property
     def real_time_factor(self) -> float | None:
@@ -137,7 +141,7 @@ def plan_render(request: RenderRequest) -> Plan:
 
     if request.fmt not in FORMATS:
         raise UserError(f"unknown --format {request.fmt!r}: use one of {', '.join(FORMATS)}")
-    book = read_book(request.book)
+    book = read_book(request.book, request.encoding)
     overrides = dict(request.overrides)
     if request.precision is not None:
         overrides["precision"] = request.precision
@@ -277,11 +281,14 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
     cache = Cache(request.cache_dir)
     counts = {"rendered": 0, "ar-cache": 0, "audio-cache": 0, "failed": 0}
     with cache, Job.open(plan.job_dir) as job:
-        job.prepare(
+        state = job.prepare(
             book_path=plan.book_path.resolve(), book_hash=plan.book_hash, voice=f"{plan.voice.source}:{plan.voice.name}",
             preset=request.preset, settings=plan.settings.to_dict(), seed=request.seed, plan=plan.chunks,
             force=request.force,
         )
+        for message in [*cache.notices, *job.notices, *repair_notices(state)]:
+            _emit(progress, ProgressEvent("notice", 0, len(plan.chunks), message=message))
+        cache.notices.clear()
         engine = LazyEngine(plan, request, cache, engine_loader)
         pending = job.rows("pending")
         total = len(plan.chunks)
@@ -297,14 +304,22 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
                 samples, rate, source = render_chunk(engine, cache, plan, row, read_cache=not request.force)
                 job.write_chunk(row, samples, rate, time.perf_counter() - chunk_start)
                 audio_seconds += samples.numel() / rate
+            except (OSError, sqlite3.OperationalError) as error:
+                if engine.setup_failed:
+                    raise
+                # A full disk or a folder gone read-only: every chunk would fail alike, stop now.
+                raise storage_error(error, plan.job_dir, done) from None
             except Exception as error:
-                if engine.setup_failed or isinstance(error, OSError):
-                    raise  # bad weights or voice clips, a full disk: every chunk would fail alike, stop now
+                if engine.setup_failed:
+                    raise  # bad weights or voice clips: every chunk would fail alike, stop now
                 # This chunk's own problem (text the engine refuses, a numerical failure): keep going.
                 message = f"{type(error).__name__}: {error}"
                 job.mark_failed(row, message, time.perf_counter() - chunk_start)
                 failures.append((row, message))
                 source = "failed"
+            for message in cache.notices:
+                _emit(progress, ProgressEvent("notice", done, total, message=message))
+            cache.notices.clear()
             counts[source] += 1
             done += 1
             elapsed = time.perf_counter() - loop_start
@@ -322,7 +337,10 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
             )
         _emit(progress, ProgressEvent("stitch", done, total, audio_seconds=audio_seconds,
                                       wall_seconds=time.perf_counter() - loop_start))
-        outputs = stitch_job(job, plan, request)
+        try:
+            outputs = stitch_job(job, plan, request)
+        except (OSError, sqlite3.OperationalError) as error:
+            raise storage_error(error, plan.job_dir, done) from None
         job.mark_finished()
         book_audio = sum(row.duration or 0.0 for row in job.rows("done"))
     wall = time.perf_counter() - started
@@ -333,6 +351,24 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
         from_audio_cache=counts["audio-cache"], already_done=already_done, audio_seconds=book_audio,
         run_audio_seconds=audio_seconds, wall_seconds=wall, engine_loaded=engine.loaded,
     )
+
+
+def repair_notices(state: dict) -> list[str]:
+    notes = []
+    if state.get("recovered"):
+        notes.append(f"{state['recovered']} finished chunk(s) recovered from their files in the job folder")
+    if state.get("damaged"):
+        notes.append(f"{state['damaged']} chunk file(s) were missing or damaged and will be rendered again")
+    return notes
+
+
+def storage_error(error: Exception, job_dir: Path, done: int) -> UserError:
+    """A write that failed for lack of space or permission, as one line that says nothing was lost."""
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in str(error)
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    cause = "the disk is full" if full else f"cannot write{where}: {getattr(error, 'strerror', None) or error}"
+    fix = "free some space" if full else "fix the folder's permissions"
+    return UserError(f"{cause}; the {done} finished chunks are saved in {job_dir}: {fix} and run the same command again")
 
 
 def stitch_job(job: Job, plan: Plan, request: RenderRequest) -> list[Path]:

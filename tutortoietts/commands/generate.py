@@ -49,6 +49,12 @@ def _format_seconds(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def print_notice(event) -> None:
+    """Repairs and problems that do not stop the run (a rebuilt job database, a cache that cannot be written)."""
+    if event.kind == "notice":
+        console.print(f"[yellow]note:[/] {event.message}", highlight=False)
+
+
 class ProgressDisplay:
     """Turns render events into one Rich progress bar: chapter, chunk i/n, ETA, audio seconds, RTF."""
 
@@ -74,6 +80,9 @@ class ProgressDisplay:
         self.progress.stop()
 
     def __call__(self, event) -> None:
+        if event.kind == "notice":
+            print_notice(event)
+            return
         if event.kind == "start":
             self.task = self.progress.add_task(
                 "render", total=event.total, completed=event.done, chapter="rendering", eta="-", audio="0:00", rtf="-"
@@ -123,6 +132,7 @@ def generate(
     force: Annotated[bool, typer.Option("--force", help="Render every chunk again, ignoring the job's finished chunks and the cache.")] = False,
     settings: Annotated[Optional[list[str]], typer.Option("--set", help="Override one preset value, key=value; repeatable.")] = None,
     quiet: Quiet = False,
+    encoding: Annotated[Optional[str], typer.Option("--encoding", help="The manuscript's text encoding when it is not UTF-8 or UTF-16 (e.g. cp1252, latin-1).")] = None,
     low_vram: Annotated[bool, typer.Option("--low-vram", help="Keep the networks in CPU memory and move each to the GPU only for its stage (for small GPUs; slower).")] = False,
 ) -> None:
     """Turn a manuscript into an audiobook; an interrupted run resumes where it stopped."""
@@ -133,10 +143,10 @@ def generate(
     request = RenderRequest(
         book=book, voice=voice, preset=preset, overrides=parse_set_options(settings or []), out_dir=out,
         fmt=fmt.lower(), models_dir=models_dir, device=device, precision=precision, seed=seed, title=title,
-        author=author, force=force, low_vram=low_vram,
+        author=author, force=force, low_vram=low_vram, encoding=encoding,
     )
     if quiet:
-        summary = render_book(request)
+        summary = render_book(request, progress=print_notice)
     else:
         with ProgressDisplay() as display:
             summary = render_book(request, progress=display)

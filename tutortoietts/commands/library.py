@@ -50,6 +50,10 @@ def jobs(
     for column in ("job", "book", "voice", "preset", "done", "failed", "pending", "audio", "state"):
         table.add_column(column)
     for job in found:
+        if "damaged" in job:
+            table.add_row(Path(job["directory"]).name, "?", "?", "?", "?", "?", "?", "?",
+                          f"damaged database ({job['damaged']}): `generate` rebuilds it from the chunk files")
+            continue
         counts = job["counts"]
         state = "running" if job["running"] else ("finished" if job["finished"] and counts["done"] == job["total"] else "stopped")
         table.add_row(
