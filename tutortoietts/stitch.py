@@ -29,7 +29,9 @@ TARGET_RMS_DBFS = -20.0
 PEAK_CEILING_DBFS = -3.0
 BITRATE = "64k"  # mono speech: transparent for AAC, plenty for MP3 at 24 kHz
 FORMATS = {"m4b": "m4a", "mp3": "mp3", "wav": "wav"}  # book format -> per-chapter file extension
-FFMPEG_MISSING = "ffmpeg not found: install it (Debian/Ubuntu: sudo apt-get install ffmpeg; macOS: brew install ffmpeg)"
+FFMPEG_MISSING = (
+    "ffmpeg not found: install it (Debian/Ubuntu: sudo apt-get install ffmpeg; macOS: brew install ffmpeg), or use --format wav"
+)
 
 
 @dataclass
