@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -149,9 +150,10 @@ def test_no_config_file_means_official(tmp_path):
 
 
 def _fake_set(folder):
+    # Empty state dicts: real checkpoint files (find_models_dir opens them), no weights to write.
     folder.mkdir(parents=True, exist_ok=True)
     for name in FILES.values():
-        (folder / name).write_bytes(b"x")
+        torch.save({}, folder / name)
     return folder
 
 
@@ -211,10 +213,34 @@ def test_download_calls_hub_per_file(tmp_path, monkeypatch):
     import huggingface_hub
 
     calls = []
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: calls.append(kw))
+
+    def fetch(**kw):
+        calls.append(kw)
+        path = kw["local_dir"] / kw["filename"]
+        path.write_bytes(kw["filename"].encode())
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch)
+    monkeypatch.setattr(checkpoints, "hub_sha256", lambda name: hashlib.sha256(name.encode()).hexdigest())
     checkpoints.download(tmp_path)
     assert [c["filename"] for c in calls] == list(FILES.values())
     assert all(c["repo_id"] == "Manmay/tortoise-tts" and c["local_dir"] == tmp_path for c in calls)
+
+
+def test_download_with_damaged_bytes_is_refused_and_deleted(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def fetch(**kw):
+        path = kw["local_dir"] / kw["filename"]
+        path.write_bytes(b"flipped" if kw["filename"] == "diffusion_decoder.pth" else kw["filename"].encode())
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch)
+    monkeypatch.setattr(checkpoints, "hub_sha256", lambda name: hashlib.sha256(name.encode()).hexdigest())
+    with pytest.raises(UserError, match="diffusion_decoder.pth arrived damaged") as caught:
+        checkpoints.download(tmp_path)
+    assert "models download" in str(caught.value) and not (tmp_path / "diffusion_decoder.pth").exists()
+    assert (tmp_path / "autoregressive.pth").exists()  # the good ones stay
 
 
 def test_fingerprint(rlg_copy, tiny_models_dir):
@@ -252,3 +278,38 @@ def test_bf16_cpu_load_writes_and_then_maps_a_cast_copy(tiny_models_dir, stem):
         assert a.dtype == b.dtype and torch.equal(a, b), name
     # fp32 never makes a copy: the file itself is memory-mapped.
     assert not converted_copy(tiny_models_dir / f"{stem}.pth", torch.float32).exists()
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickled_code_is_refused_not_run(rlg_copy, tmp_path):
+    import pickle
+
+    live = tmp_path / "LIVE"
+    pickle.loads(pickle.dumps(_RunsCode(live)))  # the payload is real: a plain unpickle runs it
+    assert live.exists()
+    marker = tmp_path / "EXECUTED"
+    state = torch.load(rlg_copy / "rlg_auto.pth", weights_only=True)
+    state["payload"] = _RunsCode(marker)
+    torch.save(state, rlg_copy / "rlg_auto.pth")
+    with pytest.raises(UserError) as caught:
+        checkpoints.load_state_dict_file(rlg_copy / "rlg_auto.pth")
+    message = str(caught.value)
+    print(message)
+    assert "rlg_auto.pth was refused" in message and "posix.system" in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_a_damaged_set_is_refused_when_found(rlg_copy):
+    path = rlg_copy / "clvp2.pth"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"clvp2\.pth cannot be read as a checkpoint: it is truncated"):
+        checkpoints.find_models_dir(rlg_copy)

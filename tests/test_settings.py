@@ -186,3 +186,15 @@ def test_missing_explicit_user_file(monkeypatch, tmp_path):
     monkeypatch.setenv("TUTORTOIETTS_PRESETS", str(tmp_path / "absent.toml"))
     with pytest.raises(UserError, match="does not exist"):
         load_preset("fast")
+
+
+def test_blame_falls_on_the_override_or_on_the_preset(monkeypatch, tmp_path):
+    with pytest.raises(UserError) as caught:
+        load_preset("fast", top_p=1.5)  # `--set top_p=1.5`: the preset is fine, the override is not
+    assert str(caught.value).startswith("setting top_p = 1.5 is out of range")
+    path = tmp_path / "mine.toml"
+    path.write_text("[fast]\ntop_p = 2.0\n")
+    monkeypatch.setenv("TUTORTOIETTS_PRESETS", str(path))
+    with pytest.raises(UserError) as caught:
+        load_preset("fast", temperature=0.5)  # a valid override on a broken preset: the preset is named
+    assert str(caught.value).startswith("preset 'fast': setting top_p = 2.0")

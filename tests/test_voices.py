@@ -71,3 +71,35 @@ def test_fingerprint_is_over_bytes_and_seed(voice_dirs, tmp_path):
     random = find_voice("random")
     assert voice_fingerprint(random, 1) != voice_fingerprint(random, 2)
     assert voice_fingerprint(random, 1) == voice_fingerprint(random, 1)
+
+
+def test_a_name_is_never_a_path(voice_dirs, tmp_path, monkeypatch):
+    # Joined onto the user voice folder, "../project/narrator" would reach the project's voice;
+    # read as a path from the working directory (where it is not), it is simply not found.
+    work = tmp_path / "work" / "deep"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for text in ("../project/narrator", "x/../../project/narrator", "..\\project\\narrator"):
+        with pytest.raises(UserError, match="voice path not found"):
+            find_voice(text)
+    assert find_voice(str(voice_dirs[1] / "alice")).source == "path"  # an explicit path still works
+
+
+def test_clips_checked_before_rendering(voice_dirs, tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    write_tone(folder / "a.wav", seconds=0.5)  # the minimum, exactly
+    assert len(find_voice(str(folder)).clips) == 1
+    write_tone(folder / "b.wav", seconds=0.2)
+    with pytest.raises(UserError, match=r"b\.wav is too short \(0\.20 s\)"):
+        find_voice(str(folder))
+    (folder / "b.wav").write_bytes(b"RIFF" + bytes(100))
+    with pytest.raises(UserError, match=r"b\.wav cannot be read as audio"):
+        find_voice(str(folder))
+
+
+def test_named_folder_without_clips(voice_dirs):
+    (voice_dirs[1] / "mute").mkdir()
+    (voice_dirs[1] / "mute" / "notes.txt").write_text("no audio here")
+    with pytest.raises(UserError, match="voice 'mute' has no audio clips"):
+        find_voice("mute")

@@ -34,6 +34,12 @@ def debug_enabled() -> bool:
     return os.environ.get("TUTORTOIETTS_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
 
 
+def one_line(text: str) -> str:
+    """A message on one line: a file name or a library's reason may carry newlines, and a
+    script reading stderr (or a person) should get exactly one line per error."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def main() -> None:
     """Console entry point: user mistakes become one line and exit code 1, no traceback."""
     from tutortoietts.errors import UserError
@@ -47,7 +53,7 @@ def main() -> None:
     except UserError as error:
         if debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         if debug:
@@ -67,7 +73,7 @@ def main() -> None:
             sys.exit(error.exit_code)
         if debug:
             raise
-        print(f"error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {type(error).__name__}: {one_line(error)} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
 
 

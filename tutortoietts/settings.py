@@ -94,14 +94,14 @@ FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Settings))
 
 _RANGES = (
     ("num_autoregressive_samples", lambda v: v >= 1, "at least 1"),
-    ("temperature", lambda v: 0 < v < math.inf, "greater than 0"),
+    ("temperature", lambda v: 0 < v < math.inf, "a finite number greater than 0"),
     ("top_p", lambda v: 0 < v <= 1, "greater than 0 and at most 1"),
-    ("repetition_penalty", lambda v: 0 < v < math.inf, "greater than 0"),
+    ("repetition_penalty", lambda v: 0 < v < math.inf, "a finite number greater than 0"),
     ("length_penalty", math.isfinite, "a finite number"),
     ("max_mel_tokens", lambda v: 1 <= v <= MAX_MEL_TOKENS, f"between 1 and {MAX_MEL_TOKENS}"),
     ("diffusion_iterations", lambda v: 1 <= v <= 4000, "between 1 and 4000 (the diffusion model's trained steps)"),
-    ("cond_free_k", lambda v: 0 <= v < math.inf, "0 or more"),
-    ("diffusion_temperature", lambda v: 0 <= v < math.inf, "0 or more"),
+    ("cond_free_k", lambda v: 0 <= v < math.inf, "a finite number, 0 or more"),
+    ("diffusion_temperature", lambda v: 0 <= v < math.inf, "a finite number, 0 or more"),
     ("sampler", lambda v: v in SAMPLERS, "one of " + ", ".join(SAMPLERS)),
     ("precision", lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
     ("autoregressive_batch_size", lambda v: v >= 0, "0 (the default, 16) or more"),
@@ -195,4 +195,14 @@ def load_preset(name: str, **overrides) -> Settings:
     try:
         return Settings(**{**table, **overrides})
     except UserError as error:
+        if overrides and _is_valid(table):
+            raise  # the override is at fault (`--set top_p=1.5`): naming the preset would mislead
         raise UserError(f"preset {name!r}: {error}") from None
+
+
+def _is_valid(table: dict) -> bool:
+    try:
+        Settings(**table)
+    except UserError:
+        return False
+    return True

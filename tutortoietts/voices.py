@@ -15,6 +15,13 @@ from tutortoietts.errors import UserError
 CLIP_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg")
 # Clips are loaded at the rate the autoregressive conditioning mel expects.
 CLIP_SAMPLE_RATE = 22050
+# The conditioning encoders hear up to 6 s of each clip (132300 samples at 22.05 kHz, zero-padded
+# when shorter), and tortoise advises clips of about 10 s. Under half a second, a word at most,
+# they mostly hear padding: such a clip is almost always a cutting or export mistake.
+MIN_CLIP_SECONDS = 0.5
+# Formats whose header soundfile reads in microseconds, so clips are checked before rendering;
+# the others are decoded by ffmpeg and judged when the engine loads them.
+HEADER_SUFFIXES = (".wav", ".flac")
 SOURCES = ("project", "user", "tortoise", "path", "random")
 
 
@@ -87,12 +94,19 @@ def list_voices() -> list[Voice]:
 
 
 def _looks_like_path(text: str) -> bool:
-    return os.sep in text or text.startswith(".") or text.startswith("~") or Path(text).suffix.lower() in CLIP_SUFFIXES
+    """The rule for --voice: a path has a separator, starts with '.' or '~', or names a clip file;
+    anything else is a name. A name is only ever matched against the folders list_voices found,
+    never joined onto a folder, so no name (`..`, `a/../../b`) can reach outside them; a path is
+    the user's own choice of files, read as audio only."""
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    return (any(sep in text for sep in separators) or text.startswith((".", "~"))
+            or Path(text).suffix.lower() in CLIP_SUFFIXES)
 
 
 def _voice_from_path(path: Path) -> Voice:
     if not path.exists():
-        raise UserError(f"voice path not found: {path}")
+        raise UserError(f"voice path not found: {path} (a --voice with '/' or a leading '.' is a path to clips; "
+                        f"voice names are plain folder names, see `tutortoietts voices`)")
     if path.is_file():
         if path.suffix.lower() not in CLIP_SUFFIXES:
             raise UserError(f"voice clip must be one of {', '.join(CLIP_SUFFIXES)}: {path}")
@@ -110,6 +124,12 @@ def find_voice(name_or_path: str) -> Voice:
         raise UserError("--voice is empty: give a voice name (see `tutortoietts voices`), a folder of clips, or 'random'")
     if text == "random":
         return Voice("random", "random", [])
+    voice = _resolve(text)
+    check_clips(voice)  # before rendering starts, so a bad clip stops nothing half-way
+    return voice
+
+
+def _resolve(text: str) -> Voice:
     if _looks_like_path(text):
         return _voice_from_path(Path(text).expanduser())
     known = {voice.name: voice for voice in list_voices()}
@@ -118,9 +138,37 @@ def find_voice(name_or_path: str) -> Voice:
     # A bare name that happens to be a folder in the working directory still counts.
     if Path(text).is_dir():
         return _voice_from_path(Path(text))
+    # list_voices skips folders without clips; say so rather than "unknown". Safe to join:
+    # a name has no separator and does not start with '.' (_looks_like_path).
+    for _, directory in _search_dirs():
+        if (directory / text).is_dir():
+            raise UserError(f"voice '{text}' has no audio clips ({', '.join(CLIP_SUFFIXES)}) in {directory / text}")
     close = difflib.get_close_matches(text, list(known), n=4, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UserError(f"unknown voice '{text}'{hint} (`tutortoietts voices` lists them; a folder of clips also works)")
+
+
+def check_clips(voice: Voice) -> None:
+    """Refuse unreadable or too-short clips from their headers alone (wav, flac): milliseconds."""
+    import soundfile
+
+    for path in voice.clips:
+        if path.suffix.lower() not in HEADER_SUFFIXES:
+            continue
+        try:
+            info = soundfile.info(str(path))
+        except (RuntimeError, soundfile.LibsndfileError) as error:  # "Format not recognised", a cut header...
+            reason = getattr(error, "error_string", None) or str(error)
+            raise UserError(f"voice clip {path} cannot be read as audio ({reason}); replace it or remove it from the folder") from None
+        _check_length(path, info.frames / info.samplerate if info.samplerate else 0.0)
+
+
+def _check_length(path: Path, seconds: float) -> None:
+    if seconds < MIN_CLIP_SECONDS:
+        raise UserError(
+            f"voice clip {path} is too short ({seconds:.2f} s): each clip needs at least {MIN_CLIP_SECONDS} s "
+            f"of speech (about 10 s is best); replace it or remove it from the folder"
+        )
 
 
 def voice_fingerprint(voice: Voice, seed: int = 0) -> str:
@@ -142,9 +190,11 @@ def load_voice_clips(voice: Voice, sample_rate: int = CLIP_SAMPLE_RATE) -> list:
     clips = []
     for path in voice.clips:
         try:
-            clips.append(load_clip(path, sample_rate))
+            clip = load_clip(path, sample_rate)
         except UserError:
             raise
         except Exception as error:  # a corrupt or unsupported file the user can replace
             raise UserError(f"cannot read voice clip {path}: {error}") from error
+        _check_length(path, clip.numel() / sample_rate)  # mp3 and ogg are first measured here
+        clips.append(clip)
     return clips

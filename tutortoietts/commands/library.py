@@ -72,11 +72,11 @@ def cache_stats() -> None:
     with Cache() as cache:
         stats = cache.stats()
     table = Table(title=f"cache {stats['directory']}: {stats['bytes'] / 2**20:,.1f} MiB of {stats['size_limit'] / 2**30:,.1f} GiB")
-    for column in ("namespace", "entries", "hits", "misses", "hit rate"):
+    for column in ("namespace", "entries", "hits", "misses", "hit rate", "damaged (dropped)"):
         table.add_column(column, justify="right")
     for name, row in stats["namespaces"].items():
         rate = "-" if row["hit_rate"] is None else f"{100 * row['hit_rate']:.0f}%"
-        table.add_row(name, str(row["entries"]), str(row["hits"]), str(row["misses"]), rate)
+        table.add_row(name, str(row["entries"]), str(row["hits"]), str(row["misses"]), rate, str(row["damaged"]))
     console.print(table)
 
 

@@ -10,7 +10,9 @@ import inspect
 import json
 import math
 import os
+import pickle
 import re
+import warnings
 import zlib
 from pathlib import Path
 
@@ -26,6 +28,10 @@ CONFIG_FILE = "tortoise-config.json"
 HF_REPO = "Manmay/tortoise-tts"  # where the reference's get_model_path downloads from
 DEFAULT_MODELS_DIR = Path.home() / ".cache" / "tortoise" / "models"
 DOWNLOAD_HINT = "run `tutortoietts models download` (or pass --models-dir / set TORTOISE_MODELS_DIR)"
+# How a checkpoint file opens: torch.save's zip archive (PyTorch >= 1.6), or the legacy format,
+# which starts with a pickle's PROTO opcode. Anything else is not a checkpoint at all.
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO = b"\x80"
 
 # File stem -> (module, class) of our network.
 NETWORKS = {
@@ -71,20 +77,47 @@ def search_folders(models_dir: str | os.PathLike | None = None) -> list[Path]:
 
 
 def find_models_dir(models_dir: str | os.PathLike | None = None) -> Path:
-    """The first folder that holds all six checkpoint files; a clear UserError if none does."""
+    """The first folder that holds all six checkpoint files, each one readable (verify_checkpoints);
+    a clear UserError if none does."""
     folders = search_folders(models_dir)
     best, best_missing = None, list(FILES.values())
     for folder in folders:
         missing = [name for name in FILES.values() if not (folder / name).is_file()]
         if not missing:
+            verify_checkpoints(folder)  # a damaged set is an error, not a reason to try the next folder
             return folder
         if len(missing) < len(best_missing):
             best, best_missing = folder, missing
     where = f" (in {best}, which has the others)" if best is not None else ""
+    hint = DOWNLOAD_HINT
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        hint = (f"HF_HUB_OFFLINE is set, so run `tutortoietts models download` where there is a network, "
+                f"or copy the six .pth files into {folders[0]}")
     raise UserError(
         f"Tortoise weights not found: missing {', '.join(best_missing)}{where}; searched "
-        f"{', '.join(str(f) for f in folders)}; {DOWNLOAD_HINT}"
+        f"{', '.join(str(f) for f in folders)}; {hint}"
     )
+
+
+def verify_checkpoints(folder: Path) -> None:
+    """Open every checkpoint as loading will, before a render plans anything.
+
+    A truncated download, a file that is not a checkpoint or one that carries pickled code then
+    stops the run with one line before the job folder is touched, not once the engine loads.
+    Cheap: the tensors are memory-mapped, not read, and each file is judged once per size and
+    modification time. The config file is read too, for the same reason.
+    """
+    for name in FILES.values():
+        path = Path(folder) / name
+        info = path.stat()
+        _verified(str(path), info.st_size, info.st_mtime_ns)
+    read_config(folder)
+
+
+@functools.lru_cache(maxsize=64)
+def _verified(path: str, size: int, mtime_ns: int) -> bool:
+    load_state_dict_file(path)  # raises a UserError; failures are not memoised
+    return True
 
 
 # --- config and state dicts -----------------------------------------------------------------
@@ -131,26 +164,59 @@ def _check_keywords(stem: str, kwargs: dict, path: Path) -> None:
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors, CPU, without running pickled code; vocoder.pth's generator part."""
+    """A checkpoint's tensors, CPU, without running pickled code; vocoder.pth's generator part.
+
+    weights_only=True is what keeps code out: torch's restricted unpickler accepts tensors and
+    plain containers and refuses any other global (os.system, a class's __reduce__) before it is called.
+    """
     path = Path(path)
     try:
-        try:
-            # Memory-mapped: the tensors are paged in as they are copied to the device, not read twice.
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        with open(path, "rb") as file:
+            head = file.read(len(ZIP_MAGIC))
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist; {DOWNLOAD_HINT}") from None
-    except Exception as error:  # truncated download, not a torch file, pickled code refused...
-        raise UserError(f"{path.name} cannot be read as a checkpoint ({type(error).__name__}: {error}); "
-                        f"delete it and {DOWNLOAD_HINT}") from None
+    except OSError as error:
+        raise UserError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
+    if not head.startswith((ZIP_MAGIC, PICKLE_PROTO)):
+        what = "it is empty" if not head else f"it is not a PyTorch file (it starts with {head!r})"
+        raise UserError(f"{path} cannot be read as a checkpoint: {what}; delete it and {DOWNLOAD_HINT}")
+    try:
+        # torch warns on stderr about pickle protocols it does not expect; the refusal below says enough.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                # Memory-mapped: the tensors are paged in as they are copied to the device, not read twice.
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap" not in str(error):
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except Exception as error:  # truncated download, pickled code refused...
+        raise _unreadable(path, error) from None
     if isinstance(state, dict) and "model_g" in state:  # the vocoder's training checkpoint: keep the generator
         state = state["model_g"]
     if not isinstance(state, dict):
         raise UserError(f"{path.name} holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def _unreadable(path: Path, error: Exception) -> UserError:
+    """torch's reasons run to paragraphs; one line that says what is wrong with the file and what to do."""
+    text = " ".join(str(error).split())
+    code = re.search(r"GLOBAL (\S+)", text)
+    if code:
+        return UserError(
+            f"{path} was refused: it carries pickled code ({code.group(1)}) that loading would run, and a "
+            f"checkpoint needs none; nothing was run. Delete it and {DOWNLOAD_HINT}"
+        )
+    if isinstance(error, EOFError) or "central directory" in text:
+        reason = "it is truncated (an interrupted download?)"
+    elif isinstance(error, pickle.UnpicklingError):
+        detail = re.search(r"Unsupported \w+ \S+", text)
+        reason = "it holds pickled data the safe loader refuses, not only tensors" + (f" ({detail.group(0)})" if detail else "")
+    else:
+        reason = f"{type(error).__name__}: {text.split('. ')[0][:200]}"
+    return UserError(f"{path} cannot be read as a checkpoint: {reason}; delete it and {DOWNLOAD_HINT}")
 
 
 def _describe(keys: list[str], limit: int = 3) -> str:
@@ -365,11 +431,34 @@ def download(models_dir=None) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for filename in FILES.values():
         try:
-            hf_hub_download(repo_id=HF_REPO, filename=filename, local_dir=target)
+            path = Path(hf_hub_download(repo_id=HF_REPO, filename=filename, local_dir=target))
+            expected = hub_sha256(filename)
         except Exception as error:  # offline, DNS, HTTP errors, disk full: all end the same way for the user
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(
                 f"could not download {filename} from huggingface.co/{HF_REPO} into {target}: {reason} "
                 f"(check the network connection, or copy the six .pth files there yourself)"
             ) from None
+        # The hub checks only the size; torch.load would take flipped bytes inside a tensor as weights.
+        actual = file_sha256(path)
+        if expected is not None and actual != expected:
+            path.unlink()
+            raise UserError(f"{filename} arrived damaged (sha256 {actual[:12]}..., the hub says {expected[:12]}...) and "
+                            f"was deleted; run `tutortoietts models download` again")
     return target
+
+
+def hub_sha256(filename: str) -> str | None:
+    """The sha256 the hub publishes for a large (LFS) file: its etag. None if it publishes none."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    etag = (get_hf_file_metadata(hf_hub_url(HF_REPO, filename)).etag or "").strip('"')
+    return etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
