@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
@@ -10,7 +11,6 @@ from dataclasses import dataclass
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
 
 from tutortoietts.engine.tokenizer import TEXT_TOKEN_LIMIT, Tokenizer, clean
-from tutortoietts.errors import UserError
 from tutortoietts.manuscript import Book
 
 # Abbreviations that end in a period but almost never end a sentence (titles before names,
@@ -107,6 +107,63 @@ def within_bounds(text: str, limits: ChunkLimits) -> bool:
     return text_tokens(text) <= limits.max_text_tokens and expected_mel_tokens(text, limits) <= limits.max_expected_mel_tokens()
 
 
+def has_speech(text: str) -> bool:
+    """The engine refuses text that cleans to nothing (emoji, symbols the cleaners delete)."""
+    return bool(clean(text).strip())
+
+
+@functools.lru_cache(maxsize=65536)
+def word_measure(word: str) -> tuple[int, int, int]:
+    """(tokenizer ids, cleaned characters, spaces at the cleaned word's two ends) of one word.
+
+    Cached: books repeat their words, and the cleaners spell numbers slowly (inflect, ~0.2 ms each).
+    """
+    cleaned = clean(word)
+    edge_spaces = cleaned.startswith(" ") + (len(cleaned) > 1 and cleaned.endswith(" "))
+    return text_tokens(word), len(cleaned), edge_spaces
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Bounds of text_tokens(text) and len(clean(text)), from the text's words measured one by one.
+
+    The cleaners and the BPE never look across a space (unidecode maps characters alone, the
+    number and abbreviation patterns hold no space, the pre-tokenizer splits at [SPACE]), so
+    joined words measure their parts plus one space per join, less the spaces that collapse:
+    the joins and the words' own end spaces at most. tests/test_fuzz.py checks both bounds.
+    """
+
+    least_tokens: int
+    most_tokens: int
+    least_chars: int
+    most_chars: int
+
+    def surely_fits(self, limits: ChunkLimits) -> bool:
+        return surely_within_bounds(self.most_tokens, self.most_chars, limits)
+
+    def surely_too_big(self, limits: ChunkLimits) -> bool:
+        return not surely_within_bounds(self.least_tokens, self.least_chars, limits)
+
+
+def measure(text: str) -> Measure:
+    words = text.split()
+    joins = max(len(words) - 1, 0)
+    least_tokens, most_tokens, least_chars, most_chars = 0, joins, 0, joins
+    for word in words:
+        tokens, chars, edge_spaces = word_measure(word)
+        least_tokens += tokens - edge_spaces
+        most_tokens += tokens
+        least_chars += chars - edge_spaces
+        most_chars += chars
+    return Measure(least_tokens, most_tokens, least_chars, most_chars)
+
+
+def surely_within_bounds(tokens: int, chars: int, limits: ChunkLimits) -> bool:
+    """within_bounds for a text of at most these tokens and cleaned characters."""
+    mel = chars / limits.chars_per_second * MEL_TOKENS_PER_SECOND  # expected_mel_tokens' formula
+    return tokens <= limits.max_text_tokens and mel <= limits.max_expected_mel_tokens()
+
+
 def target_chars(text: str, limits: ChunkLimits) -> int:
     """Complexity-aware size: numbers, dense punctuation or long words -> smaller chunks."""
     words = [re.sub(r"\W", "", word) for word in text.split()]
@@ -160,21 +217,73 @@ def fits(text: str, max_chars: int, limits: ChunkLimits) -> bool:
 
 
 def split_long(sentence: str, max_chars: int, limits: ChunkLimits) -> list[str]:
-    """A sentence too long for one chunk: clause boundaries first, then word boundaries, never mid-word."""
+    """A sentence too long for one chunk: clause boundaries first, then word boundaries.
+
+    Mid-word only for a word past the text window (see cut_word); past the size target or the
+    (estimated) mel budget a word merely runs long, so it goes alone.
+    """
     if fits(sentence, max_chars, limits):
         return [sentence]
     clauses = [clause for clause in CLAUSE_END.split(sentence) if clause]
     if len(clauses) > 1:
         pieces = [piece for clause in clauses for piece in split_long(clause, max_chars, limits)]
         return pack(pieces, [max_chars] * len(pieces), limits)
-    words = WORD.findall(sentence)
-    if len(words) == 1:
-        # One word cannot be cut. Past the text window the model cannot take it at all; past the
-        # size target or the (estimated) mel budget it merely runs long, so it goes alone.
-        if text_tokens(sentence) > limits.max_text_tokens:
-            raise UserError(f"a single word is too long to speak: '{sentence[:40]}...' ({len(sentence)} characters)")
-        return [sentence]
+    words = [piece for word in WORD.findall(sentence) for piece in cut_word(word, limits)]
+    if len(sentence) > 20 * max_chars:
+        # Thousands of words with no clause mark (a 5 MB line): pack between short phrases, not
+        # every word, so packing weighs a few cut points per chunk. Nobody hears the evenness lost.
+        words = phrases(words, max(1, max_chars // 16), limits)
     return pack(words, [max_chars] * len(words), limits)
+
+
+def cut_word(word: str, limits: ChunkLimits) -> list[str]:
+    """A "word" past the text window (a long URL, letters or digits without a space) in pieces.
+
+    The engine cannot take it whole and refusing it would stop the book, so it is read in the
+    longest prefixes within the bounds, one after another, each its own word. Characters with
+    nothing to say (emoji) measure nothing, so they stay with the piece before them.
+    """
+    if measure(word).most_tokens <= limits.max_text_tokens:
+        return [word]
+    pieces = []
+    while word:
+        # Doubling, then bisection, for the longest prefix that fits: a few tokenizer calls per
+        # piece on texts at most twice its length, so even megabytes of one word take linear time.
+        # One character always goes, so the cut moves on: no character measures over 50 tokens
+        # (a braille cell cleans to "[dtwelve million, ...]"), far under the text window.
+        good, bad = 1, len(word) + 1
+        while good < len(word):
+            probe = min(2 * good, len(word))
+            if not within_bounds(word[:probe], limits):
+                bad = probe
+                break
+            good = probe
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            if within_bounds(word[:middle], limits):
+                good = middle
+            else:
+                bad = middle
+        pieces.append(word[:good])
+        word = word[good:]
+    return pieces
+
+
+def phrases(words: list[str], max_chars: int, limits: ChunkLimits) -> list[str]:
+    """Consecutive words joined up to max_chars characters, each phrase surely within the bounds."""
+    result, current, length, tokens, chars = [], [], 0, 0, 0  # the current phrase's most tokens and chars
+    for word in words:
+        word_tokens, word_chars, _ = word_measure(word)
+        if current and length + 1 + len(word) <= max_chars and surely_within_bounds(tokens + 1 + word_tokens, chars + 1 + word_chars, limits):
+            current.append(word)
+            length, tokens, chars = length + 1 + len(word), tokens + 1 + word_tokens, chars + 1 + word_chars
+        else:
+            if current:
+                result.append(" ".join(current))
+            current, length, tokens, chars = [word], len(word), word_tokens, word_chars
+    if current:
+        result.append(" ".join(current))
+    return result
 
 
 def pack(pieces: list[str], targets: list[int], limits: ChunkLimits) -> list[str]:
@@ -187,21 +296,43 @@ def pack(pieces: list[str], targets: list[int], limits: ChunkLimits) -> list[str
     count = len(pieces)
     widest = max(targets, default=0)
     offsets = [0]  # offsets[i]: length of " ".join(pieces[:i]) plus one
+    # Running sums of the pieces' Measure fields (the "most" ones with a space per piece), so a
+    # span's bounds are differences and the tokenizer runs only on spans whose bounds straddle a
+    # limit, not on every candidate span.
+    least_tokens, most_tokens, least_chars, most_chars = [0], [0], [0], [0]
     for piece in pieces:
         offsets.append(offsets[-1] + len(piece) + 1)
+        piece_bounds = measure(piece)
+        least_tokens.append(least_tokens[-1] + piece_bounds.least_tokens)
+        most_tokens.append(most_tokens[-1] + piece_bounds.most_tokens + 1)
+        least_chars.append(least_chars[-1] + piece_bounds.least_chars)
+        most_chars.append(most_chars[-1] + piece_bounds.most_chars + 1)
 
     def span_fits(start: int, end: int) -> bool:
-        text = " ".join(pieces[start:end])
-        return end - start == 1 or (len(text) <= min(targets[start:end]) and within_bounds(text, limits))
+        if end - start == 1:
+            return True
+        if offsets[end] - offsets[start] - 1 > min(targets[start:end]):
+            return False
+        bounds = Measure(
+            least_tokens[end] - least_tokens[start], most_tokens[end] - most_tokens[start] - 1,
+            least_chars[end] - least_chars[start], most_chars[end] - most_chars[start] - 1,
+        )
+        if bounds.surely_fits(limits):
+            return True
+        if bounds.surely_too_big(limits):
+            return False
+        return within_bounds(" ".join(pieces[start:end]), limits)
 
     # best[i]: (chunks, sum of squared lengths, start of the last chunk) for pieces[:i].
     best: list[tuple[float, float, int]] = [(0, 0, 0)] + [(math.inf, math.inf, 0)] * count
     for end in range(1, count + 1):
         # Fitting is monotone in the span (an earlier start only adds text), so binary-search the
-        # earliest start that fits: a few tokenizer calls per cut instead of one per candidate.
-        low, high = end - 1, end - 1
-        while low > 0 and offsets[end] - offsets[low - 1] - 1 <= widest:
-            low -= 1
+        # earliest start that fits instead of trying every candidate.
+        low = bisect.bisect_left(offsets, offsets[end] - 1 - widest, 0, end - 1)  # widest span by characters
+        high = end - 1
+        if span_fits(low, end):  # the usual case: the size target, not the bounds, decides
+            high = low
+        low += 1  # (when high == low the search below does nothing)
         while low < high:
             middle = (low + high) // 2
             if span_fits(middle, end):
@@ -230,7 +361,11 @@ def effective_target(text: str, limits: ChunkLimits) -> int:
 
 
 def chunk_text(text: str, limits: ChunkLimits = ChunkLimits()) -> list[str]:
-    """One paragraph (or any free text) -> normalised chunks of whole sentences within the bounds."""
+    """One paragraph (or any free text) -> normalised chunks of whole sentences within the bounds.
+
+    A chunk with nothing to say (a line of emoji) is left out: the engine would refuse it and the
+    render would end with that chunk failed, every run. Such characters beside words stay in.
+    """
     text = normalise_text(text)
     if not text:
         return []
@@ -240,7 +375,7 @@ def chunk_text(text: str, limits: ChunkLimits = ChunkLimits()) -> list[str]:
         for piece in split_long(sentence, target, limits):
             pieces.append(piece)
             targets.append(target)
-    return pack(pieces, targets, limits)
+    return [chunk for chunk in pack(pieces, targets, limits) if has_speech(chunk)]
 
 
 def chunk_book(book: Book, limits: ChunkLimits = ChunkLimits(), announce_titles: bool = True) -> list[Chunk]:

@@ -25,16 +25,21 @@ CHAPTER_LINE = re.compile(
     r"\s*(?:(?:[.:]|\s[-\u2013\u2014]|[\u2013\u2014])\s*(?P<title>.*?))?\s*\.?$",
     re.IGNORECASE,
 )
-ATX_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 SETEXT_UNDERLINE = re.compile(r"^(=+|-+)\s*$")
 HORIZONTAL_RULE = re.compile(r"^\s*(?:(?:\*\s*){3,}|(?:-\s*){3,}|(?:_\s*){3,})$")
 LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 FENCE = re.compile(r"^\s*(```|~~~)")
+# "(url)" after a link's text; one level of parentheses inside, as in Wikipedia's "Foo_(bar)".
+LINK_TARGET = r"\((?:[^()]|\([^()]*\))*\)"
 
 # Characters that only disturb parsing: zero-width marks, soft hyphens, the BOM inside a text.
 INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 # Every unicode space (no-break, thin, ideographic...) reads as a plain space.
 UNICODE_SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+# The control characters (unicode category Cc) but the newline, and the unicode line breaks.
+CONTROLS = {code: " " for code in [*range(0x20), *range(0x7F, 0xA0)] if code != 0x0A} | {0x2028: "\n", 0x2029: "\n\n"}
+# Chapter lines are short; a longer line is prose (and CHAPTER_LINE backtracks badly on long ones).
+MAX_CHAPTER_LINE_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,11 @@ class Book:
     chapters: tuple[Chapter, ...]
 
 
-def read_book(path: Path) -> Book:
-    """Read a manuscript file; every problem a user can fix is a UserError with one clear line."""
+def read_book(path: Path, encoding: str | None = None) -> Book:
+    """Read a manuscript file; every problem a user can fix is a UserError with one clear line.
+
+    `encoding` (e.g. "cp1252", "latin-1") is for manuscripts that are not UTF-8 or UTF-16.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"manuscript not found: {path}")
@@ -60,7 +68,11 @@ def read_book(path: Path) -> Book:
     if kind is None:
         supported = ", ".join(sorted(TEXT_SUFFIXES))
         raise UserError(f"unsupported manuscript type '{path.suffix or path.name}': use one of {supported}")
-    text = decode_text(path.read_bytes(), path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read manuscript {path}: {error.strerror or error}") from None
+    text = decode_text(raw, path) if encoding is None else decode_with(raw, path, encoding)
     return parse_text(text, kind, fallback_title=path.stem)
 
 
@@ -77,8 +89,25 @@ def decode_text(raw: bytes, path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise UserError(
-            f"manuscript is not UTF-8 text (undecodable byte at offset {error.start}): {path}; re-save it as UTF-8"
+            f"manuscript is not UTF-8 text (undecodable byte at offset {error.start}): {path}; re-save it as UTF-8 or name its encoding with --encoding (e.g. cp1252)"
         ) from None
+
+
+def decode_with(raw: bytes, path: Path, encoding: str) -> str:
+    """The manuscript in the encoding the user named: an unknown name or an undecodable byte is one line."""
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UserError(f"unknown --encoding {encoding!r}: use a Python codec name such as utf-8, cp1252 or latin-1") from None
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise UserError(f"manuscript is not {encoding} text (undecodable byte at offset {error.start}): {path}") from None
+    if "\x00" in text:
+        raise UserError(f"manuscript looks binary (it contains NUL characters), not text: {path}")
+    return text.removeprefix("\ufeff")
 
 
 def parse_text(text: str, kind: str, fallback_title: str) -> Book:
@@ -101,8 +130,9 @@ def tidy_text(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = unicodedata.normalize("NFC", text).translate(INVISIBLE)
     text = UNICODE_SPACES.sub(" ", text)
-    # Tabs and other control characters (form feeds in old e-texts) are whitespace to us.
-    return "".join(" " if (char != "\n" and unicodedata.category(char) == "Cc") else char for char in text)
+    # Tabs and other control characters (form feeds in old e-texts) are whitespace to us; the
+    # unicode line and paragraph separators (some word processors' exports) break like newlines.
+    return text.translate(CONTROLS)
 
 
 # A block is ("heading", level, text) or ("para", 0, text); level 0 marks a chapter-pattern line.
@@ -133,7 +163,7 @@ def split_heading_lines(group: list[str]) -> list[tuple[str, int, str]]:
     """A chapter line may sit in the same block as its text; hard-wrapped lines join with spaces."""
     blocks, body = [], []
     for line in group:
-        if CHAPTER_LINE.match(line):
+        if match_chapter_line(line):
             if body:
                 blocks.append(("para", 0, " ".join(body)))
                 body = []
@@ -181,10 +211,10 @@ def markdown_blocks(lines: list[str]) -> list[tuple[str, int, str]]:
             continue
         if re.match(r"^\[[^\]]+\]:\s*\S+", line):  # reference-link definition: nothing to read
             continue
-        heading = ATX_HEADING.match(line)
+        heading = atx_heading(line)
         if heading:
             close_paragraph()
-            blocks.append(markdown_heading(len(heading.group(1)), heading.group(2)))
+            blocks.append(markdown_heading(*heading))
             continue
         if body and SETEXT_UNDERLINE.match(line):
             # "Title\n=====" is a level-1 heading, "Title\n-----" level 2: it takes the last line.
@@ -196,12 +226,29 @@ def markdown_blocks(lines: list[str]) -> list[tuple[str, int, str]]:
             # Each list item is its own paragraph, so items do not run together when spoken.
             close_paragraph()
             line = LIST_ITEM.sub("", line)
-        if CHAPTER_LINE.match(strip_inline_markdown(line)) and not body:
+        if not body and match_chapter_line(strip_inline_markdown(line)):
             blocks.append(("heading", 0, heading_title(strip_inline_markdown(line))))
             continue
         body.append(line)
     close_paragraph()
     return blocks
+
+
+def atx_heading(line: str) -> tuple[int, str] | None:
+    """"## Title ##" -> (2, "Title"); None for a line that is no ATX heading (a stripped line).
+
+    Plain string work, not a regex: "^#+\\s+(.*?)\\s*#*\\s*$" backtracked cubically on a run of
+    spaces inside the heading (4000 spaces: 80 s). The closing #s go only after a space (CommonMark).
+    """
+    level = len(line) - len(line.lstrip("#"))
+    rest = line[level:]
+    if not 1 <= level <= 6 or not rest[:1].isspace():
+        return None
+    text = rest.strip()
+    without_closing = text.rstrip("#")
+    if not without_closing or without_closing[-1].isspace():
+        text = without_closing.strip()
+    return level, text
 
 
 def markdown_heading(level: int, text: str) -> tuple[str, int, str]:
@@ -214,27 +261,42 @@ def markdown_heading(level: int, text: str) -> tuple[str, int, str]:
 
 def heading_title(text: str) -> str:
     """"CHAPTER XII." -> "CHAPTER XII"; "Chapter Twelve. The Storm" -> "Chapter Twelve: The Storm"."""
-    match = CHAPTER_LINE.match(text)
+    match = match_chapter_line(text)
     if not match:
         return text.strip()
     label, title = match.group("label").strip(), (match.group("title") or "").strip()
     return f"{label}: {title}" if title else label
 
 
+def match_chapter_line(line: str) -> re.Match | None:
+    """CHAPTER_LINE on the line with its spaces collapsed, for short lines only.
+
+    Both keep the regex fast: its optional spaces and dashes backtracked cubically on a run of
+    spaces ("Chapter one" + 4000 spaces + "!" took minutes).
+    """
+    line = " ".join(line.split())
+    return CHAPTER_LINE.match(line) if len(line) <= MAX_CHAPTER_LINE_CHARS else None
+
+
 def strip_inline_markdown(text: str) -> str:
-    """Markup to plain words: images dropped, links keep their text, emphasis and code marks go."""
-    text = re.sub(r"<!--.*?-->", " ", text)
-    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", " ", text)  # images: the alt text is a caption, not the story
-    text = re.sub(r"!\[[^\]]*\]\[[^\]]*\]", " ", text)
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # [text](url)
-    text = re.sub(r"\[([^\]]*)\]\[[^\]]*\]", r"\1", text)  # [text][ref]
-    text = re.sub(r"<(https?://[^>]+)>", r"\1", text)
-    text = re.sub(r"</?[A-Za-z][^>]*>", " ", text)  # inline HTML tags such as <br> or <em>
+    """Markup to plain words: images dropped, links keep their text, emphasis and code marks go.
+
+    No pattern scans past the next opening mark of its kind ("[" for links, "<" for tags, an
+    emphasis opener for emphasis): with ".*?" each unclosed mark scanned to the end of the
+    paragraph, quadratic in a long one (a 5 MB line of "[" would have taken days).
+    """
+    text = re.sub(r"<!--(?:(?!<!--).)*?-->", " ", text)
+    text = re.sub(rf"!\[[^\[\]]*\]{LINK_TARGET}", " ", text)  # images: the alt text is a caption, not the story
+    text = re.sub(r"!\[[^\[\]]*\]\[[^\[\]]*\]", " ", text)
+    text = re.sub(rf"\[([^\[\]]*)\]{LINK_TARGET}", r"\1", text)  # [text](url)
+    text = re.sub(r"\[([^\[\]]*)\]\[[^\[\]]*\]", r"\1", text)  # [text][ref]
+    text = re.sub(r"<(https?://[^<>\s]+)>", r"\1", text)
+    text = re.sub(r"</?[A-Za-z][^<>]*>", " ", text)  # inline HTML tags such as <br> or <em>
     text = re.sub(r"`+([^`]*)`+", r"\1", text)
-    text = re.sub(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1", r"\2", text)
-    text = re.sub(r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])", r"\1", text)
-    text = re.sub(r"(?<![\w_])_(?=\S)(.+?)(?<=\S)_(?![\w_])", r"\1", text)
-    text = re.sub(r"~~(?=\S)(.+?)(?<=\S)~~", r"\1", text)
+    text = re.sub(r"(\*\*|__)(?=\S)((?:(?!\1).)+?)(?<=\S)\1", r"\2", text)
+    text = re.sub(r"(?<![\w*])\*(?=\S)((?:(?!(?<![\w*])\*(?=\S)).)+?)(?<=\S)\*(?![\w*])", r"\1", text)
+    text = re.sub(r"(?<![\w_])_(?=\S)((?:(?!(?<![\w_])_(?=\S)).)+?)(?<=\S)_(?![\w_])", r"\1", text)
+    text = re.sub(r"~~(?=\S)((?:(?!~~).)+?)(?<=\S)~~", r"\1", text)
     text = re.sub(r"\\([\\`*_{}\[\]()#+\-.!>~|])", r"\1", text)  # backslash escapes
     return re.sub(r"\s+", " ", text).strip()
 
@@ -242,7 +304,7 @@ def strip_inline_markdown(text: str) -> str:
 def take_book_title(blocks, fallback_title: str):
     """A lone H1 at the very top names the book; several H1s are chapters and the file names it."""
     h1_count = sum(1 for kind, level, _ in blocks if kind == "heading" and level == 1)
-    if blocks and blocks[0][:2] == ("heading", 1) and h1_count == 1 and not CHAPTER_LINE.match(blocks[0][2]):
+    if blocks and blocks[0][:2] == ("heading", 1) and h1_count == 1 and not match_chapter_line(blocks[0][2]):
         return blocks[0][2] or fallback_title, blocks[1:]
     return fallback_title, blocks
 
@@ -252,6 +314,8 @@ def group_chapters(blocks) -> list[Chapter]:
     chapters: list[Chapter] = []
     title, paragraphs, pending_titles = "", [], []
     for kind, _, text in blocks:
+        if kind == "para" and not text:
+            continue  # "### #": a minor heading with no words has nothing to read
         if kind == "heading":
             if paragraphs:
                 chapters.append(Chapter(title=title, paragraphs=tuple(paragraphs)))

@@ -48,6 +48,10 @@ def _inflect():
     return inflect.engine()
 
 
+# inflect spells numbers up to 10^33 (36 digits with some slack); longer runs are read digit by digit.
+MAX_SPOKEN_DIGITS = 36
+
+
 def _number_words(value, **options) -> str:
     """inflect's spelling; numbers beyond its range (over ~10^33) are read digit by digit.
 
@@ -56,16 +60,22 @@ def _number_words(value, **options) -> str:
     """
     import inflect
 
+    if len(str(value)) > MAX_SPOKEN_DIGITS:
+        return _digit_by_digit(str(value))
     try:
         return _inflect().number_to_words(value, **options)
     except inflect.NumOutOfRangeError:
-        return " ".join(DIGIT_NAMES[int(d)] for d in str(value) if d.isdigit())
+        return _digit_by_digit(str(value))
+
+
+def _digit_by_digit(text: str) -> str:
+    return " ".join(DIGIT_NAMES[int(d)] for d in text if d.isdigit())
 
 
 def _spell_dollars(match: re.Match) -> str:
     amount = match.group(1)
     parts = amount.split(".")
-    if len(parts) > 2:  # "1.2.3": not money we can read; keep the digits, say the unit
+    if len(parts) > 2 or len(amount) > MAX_SPOKEN_DIGITS:  # "1.2.3": not money we can read; keep the digits, say the unit
         return amount + " dollars"
     # A stray comma ("$,5", "$1,.5") made the reference's int() raise; we just drop it.
     dollars = int(parts[0].replace(",", "") or 0)
@@ -82,6 +92,8 @@ def _spell_dollars(match: re.Match) -> str:
 
 
 def _spell_integer(match: re.Match) -> str:
+    if len(match.group(0)) > MAX_SPOKEN_DIGITS:
+        return _digit_by_digit(match.group(0))  # and int() would refuse over 4300 digits
     number = int(match.group(0))
     # Years between 1000 and 3000 are read the way people say them: "nineteen eighty-four".
     if 1000 < number < 3000:
