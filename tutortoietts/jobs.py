@@ -396,12 +396,6 @@ class Job:
         _write_durably(target, kept.read_bytes())
         return found
 
-    def verify_done(self) -> list[tuple[int, int]]:
-        """Done rows whose file is gone or altered go back to pending; returns their (chapter, index)."""
-        before = {(row.chapter, row.index) for row in self.rows("done")}
-        self.reconcile(adopt=False)
-        return sorted(before - {(row.chapter, row.index) for row in self.rows("done")})
-
     # ------------------------------------------------------------ rows
 
     def rows(self, status: str | None = None) -> list[ChunkRow]:
