@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tutortoietts.chunking import (
@@ -12,6 +12,7 @@ from tutortoietts.chunking import (
     chunk_book,
     chunk_text,
     expected_mel_tokens,
+    has_speech,
     normalise_text,
     split_sentences,
     target_chars,
@@ -59,10 +60,18 @@ def test_every_word_once_in_order_and_bounds_hold(max_mel_tokens):
 
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(free_text())
+    @example('" ')  # a chunk of a lone quote mark: nothing to say, left out (found by a CI run)
     def check(text):
         chunks = chunk_text(text, limits)
-        chunk_words = [word for chunk in chunks for word in chunk.split()]
-        assert chunk_words == normalise_text(text).split()
+        words = normalise_text(text).split()
+        position = 0
+        for word in (word for chunk in chunks for word in chunk.split()):
+            # In order, once; a word may be missing only with its whole chunk, one with nothing to say.
+            while words[position] != word:
+                assert not has_speech(words[position]), words[position]
+                position += 1
+            position += 1
+        assert not any(has_speech(word) for word in words[position:])
         assert_within_bounds(chunks, limits)
 
     check()
