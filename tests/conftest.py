@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
+import soundfile
 import torch
-
 from hypothesis import settings as hypothesis_settings
 
+from tests.cli_support import ROOT, STOP_TOKEN
 from tutortoietts.reference_runner import install_torchaudio_stand_in
 
 # Property tests draw the same examples on every run by default, so CI cannot fail on a case
@@ -60,3 +62,40 @@ def isolated_cache(tmp_path_factory):
         os.environ.pop("TUTORTOIETTS_CACHE", None)
     else:
         os.environ["TUTORTOIETTS_CACHE"] = previous
+
+
+# ---------------------------------------------------------------- end to end through the CLI
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tone voice (two clips), an isolated cache and voices folder, and the environment for CLI subprocesses."""
+    root = tmp_path_factory.mktemp("e2e")
+    voice = root / "tone-voice"
+    voice.mkdir()
+    rate = 22050
+    t = np.arange(rate * 2) / rate
+    for i, freq in enumerate((180.0, 240.0)):
+        wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * np.random.default_rng(i).standard_normal(t.size)
+        soundfile.write(voice / f"{i}.wav", wave.astype(np.float32), rate)
+    env = {**os.environ, "TUTORTOIETTS_CACHE": str(root / "cache"), "TUTORTOIETTS_VOICES": str(root / "no-user-voices"),
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "160"}
+    return {"root": root, "voice": voice, "env": env}
+
+
+@pytest.fixture(scope="module")
+def models(workspace):
+    """Tiny random checkpoints whose autoregressive model stops early (see below)."""
+    import torch
+
+    from tutortoietts.engine.checkpoints import write_random_checkpoints
+
+    folder = write_random_checkpoints(workspace["root"] / "models", "tiny", seed=0)
+    # Random weights almost never emit the stop token, so every chunk would run to 500 codes
+    # (20 s of noise each). A raised stop logit makes them "speak" short utterances of about
+    # 10 codes, ending the way a trained model's do: the loop and the stages are unchanged.
+    path = folder / "autoregressive.pth"
+    state = torch.load(path, weights_only=True)
+    state["mel_head.bias"][STOP_TOKEN] += 5.0
+    torch.save(state, path)
+    return folder

@@ -17,13 +17,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.test_cli_generate import (  # noqa: F401  (fixtures)
+from tests.cli_support import (
     FAST,
     cli,
     cli_in_process,
-    models,
     one_error_line,
-    workspace,
 )
 
 BOOK = "# Small Book\n\n## One\n\nHello there, this is the first chunk.\n\nAnd this is a second paragraph.\n\n## Two\n\nThe end.\n"

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,83 +10,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_BOOK = ROOT / "examples" / "book.md"
-# Fast settings on tiny weights: few candidates, few diffusion steps. max_mel_tokens stays at the
-# preset's 500 so the book is chunked as in real use (chunk sizes follow the generation length).
-FAST = ["--preset", "ultra_fast_v2", "--set", "num_autoregressive_samples=2", "--set", "diffusion_iterations=4",
-        "--device", "cpu", "--precision", "fp32"]
-STOP_TOKEN = 8193  # the autoregressive model's stop_mel_token (configs)
-ffmpeg_missing = shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None
-
-
-def cli(*args, env, cwd=None, check=True):
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "tutortoietts.cli", *map(str, args)], capture_output=True,
-                            text=True, env=env, cwd=cwd or ROOT, timeout=300)
-    result.seconds = time.perf_counter() - started
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    voice = root / "tone-voice"
-    voice.mkdir()
-    rate = 22050
-    t = np.arange(rate * 2) / rate
-    for i, freq in enumerate((180.0, 240.0)):
-        wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * np.random.default_rng(i).standard_normal(t.size)
-        soundfile.write(voice / f"{i}.wav", wave.astype(np.float32), rate)
-    env = {**os.environ, "TUTORTOIETTS_CACHE": str(root / "cache"), "TUTORTOIETTS_VOICES": str(root / "no-user-voices"),
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "160"}
-    return {"root": root, "voice": voice, "env": env}
-
-
-@pytest.fixture(scope="module")
-def models(workspace):
-    import torch
-
-    from tutortoietts.engine.checkpoints import write_random_checkpoints
-
-    folder = write_random_checkpoints(workspace["root"] / "models", "tiny", seed=0)
-    # Random weights almost never emit the stop token, so every chunk would run to 500 codes
-    # (20 s of noise each). A raised stop logit makes them "speak" short utterances of about
-    # 10 codes, ending the way a trained model's do: the loop and the stages are unchanged.
-    path = folder / "autoregressive.pth"
-    state = torch.load(path, weights_only=True)
-    state["mel_head.bias"][STOP_TOKEN] += 5.0
-    torch.save(state, path)
-    return folder
-
-
-def one_error_line(result):
-    lines = result.stderr.strip().splitlines()
-    print(result.returncode, result.stderr.strip())
-    assert result.returncode == 1, result.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
-    return lines[0]
-
-
-def cli_in_process(*args, monkeypatch, capsys):
-    """The console entry point in this process (same handler as the installed command, no start-up cost)."""
-    from types import SimpleNamespace
-
-    from tutortoietts import cli as cli_module
-
-    monkeypatch.setattr(sys, "argv", ["tutortoietts", *map(str, args)])
-    capsys.readouterr()
-    try:
-        cli_module.main()
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    captured = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+from tests.cli_support import (
+    EXAMPLE_BOOK,
+    FAST,
+    ROOT,
+    chunk_pcm,
+    cli,
+    cli_in_process,
+    decoded_pcm,
+    done_count,
+    ffmpeg_missing,
+    ffprobe,
+    job_rows,
+    one_error_line,
+)
 
 
 def test_user_mistakes_are_one_line(workspace, tmp_path, monkeypatch, capsys):
@@ -119,42 +53,6 @@ def test_user_mistakes_are_one_line(workspace, tmp_path, monkeypatch, capsys):
     assert "--voice" in run("generate", book)
     # One through a real process: the exit code and stderr a shell sees.
     assert "weights not found" in one_error_line(cli(*base, env=env, check=False))
-
-
-def ffprobe(path):
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_chapters", "-show_format", "-of", "json", str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
-
-
-def decoded_pcm(path):
-    """The output's audio as ffmpeg decodes it: what a listener hears, byte for byte."""
-    return subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-"],
-                          capture_output=True, check=True).stdout
-
-
-def job_rows(job_dir):
-    db = sqlite3.connect(job_dir / "job.sqlite")
-    try:
-        return db.execute("SELECT chapter, idx, status, attempts, checksum, duration, pause_after, audio_path"
-                          " FROM chunks ORDER BY chapter, idx").fetchall()
-    finally:
-        db.close()
-
-
-def chunk_pcm(job_dir):
-    return {path.name: soundfile.read(path, dtype="float32")[0] for path in sorted((job_dir / "chunks").glob("*.wav"))}
-
-
-def done_count(job_dir):
-    try:
-        db = sqlite3.connect(f"file:{job_dir / 'job.sqlite'}?mode=ro", uri=True, timeout=1)
-        try:
-            return db.execute("SELECT COUNT(*) FROM chunks WHERE status='done'").fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return 0
 
 
 @pytest.mark.skipif(ffmpeg_missing, reason="ffmpeg/ffprobe not installed")

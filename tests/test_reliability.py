@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_cli_generate import (  # noqa: F401  (fixtures)
+from tests.cli_support import (
     FAST,
     ROOT,
     chunk_pcm,
@@ -27,9 +27,7 @@ from tests.test_cli_generate import (  # noqa: F401  (fixtures)
     done_count,
     ffmpeg_missing,
     job_rows,
-    models,
     one_error_line,
-    workspace,
 )
 from tutortoietts.jobs import read_chunk_file
 
