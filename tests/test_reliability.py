@@ -294,3 +294,25 @@ def test_kill_during_export_never_leaves_a_half_file_under_the_final_name(worksp
     assert decoded_pcm(next(out.glob("*.m4b"))) == reference["pcm"]
     assert not list(out.glob("**/.*.partial.*"))
     print(f"[reliability] kill during export: {len(partial)} partial file(s), no final name; the rerun exported the same book")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(workspace, models, book, tmp_path, stop):
+    out = tmp_path / "job"
+    env = {**workspace["env"], "TUTORTOIETTS_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "tutortoietts.cli", "generate", str(book), "--out", str(out),
+               *map(str, common(workspace, models))]
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while done_count(out) < 2 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + stop, (process.returncode, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "finished chunks are saved; run the same command again to resume" in lines[0], stderr
+    stopped_at = verified_done(out)
+    assert 2 <= len(stopped_at) < 36 and not list((out / "chunks").glob("*.tmp"))
+    cli(*command[3:], env=env)
+    assert all(status == "done" and attempts == 1 for _, _, status, attempts, *_ in job_rows(out))
+    print(f"[reliability] {stop.name} after {len(stopped_at)} chunks: exit {128 + stop}: {lines[0]}; resumed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -30,6 +31,16 @@ def _register() -> None:
     app.add_typer(library.cache_app, name="cache")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised wherever the program is, so that `with` blocks close the job and the cache
+    and a half-written file is removed. A BaseException, so that no per-chunk `except Exception`
+    mistakes it for that chunk's failure."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def debug_enabled() -> bool:
     return os.environ.get("TUTORTOIETTS_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
 
@@ -48,8 +59,14 @@ def main() -> None:
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     _register()
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # Typer turns Ctrl-C into an exit code of 130 and, outside standalone mode, returns it.
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as error:
         if debug:
             raise
@@ -60,6 +77,9 @@ def main() -> None:
             raise
         print("interrupted: finished chunks are saved; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("stopped (SIGTERM): finished chunks are saved; run the same command again to resume", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:
