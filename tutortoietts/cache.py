@@ -93,6 +93,10 @@ def _from_bytes(data: bytes) -> dict:
     return torch.load(io.BytesIO(data), weights_only=True)
 
 
+# What a write to a full or read-only disk raises, from the value files and from the SQLite index.
+WRITE_ERRORS = (OSError, sqlite3.OperationalError)
+
+
 def _seal(value: bytes) -> bytes:
     """The value behind its sha256: a truncated or altered entry can never be read back as valid."""
     return hashlib.sha256(value).digest() + value
@@ -160,7 +164,10 @@ class Cache:
                 self.notices.append(notice)
         value = _unseal(data) if isinstance(data, bytes) else None
         if data is not None and value is None:
-            self._store.delete(f"{namespace}:{key}")  # damaged: recomputed and stored again by the caller
+            try:
+                self._store.delete(f"{namespace}:{key}")  # damaged: recomputed and stored again by the caller
+            except WRITE_ERRORS:
+                pass  # set() replaces it later anyway
             self._count(f"{namespace}:damaged")
         self._count(f"{namespace}:{'hits' if value is not None else 'misses'}")
         return value
@@ -168,14 +175,14 @@ class Cache:
     def _count(self, counter: str) -> None:
         try:
             self._counters.incr(counter)
-        except OSError:
+        except WRITE_ERRORS:
             pass  # statistics are not worth failing a render for
 
     def _set(self, namespace: str, key: str, value: bytes, weights_fp: str) -> None:
         try:
             # The tag is the weights fingerprint: dropping one checkpoint set's entries is one evict() call.
             self._store.set(f"{namespace}:{key}", _seal(value), tag=weights_fp)
-        except (OSError, sqlite3.OperationalError) as error:
+        except WRITE_ERRORS as error:
             # The job folder keeps the audio; a cache that cannot be written only makes later runs slower.
             if not self._write_failed:
                 self._write_failed = True
