@@ -302,7 +302,10 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(workspace, models, book, tmp
     env = {**workspace["env"], "TUTORTOIETTS_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "tutortoietts.cli", "generate", str(book), "--out", str(out),
                *map(str, common(workspace, models))]
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell running this suite in the background ignores SIGINT, and Python keeps an inherited
+    # "ignore": give the command the default a terminal's Ctrl-C meets.
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while done_count(out) < 2 and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
