@@ -100,8 +100,10 @@ def test_chunk_files_verify_themselves(tmp_path):
 
     path = tmp_path / "c.wav"
     samples = torch.linspace(-0.5, 0.5, 2400).numpy()
-    path.write_bytes(float_wav_bytes(samples, 24000, key="abc"))
+    payload, written = float_wav_bytes(samples, 24000, key="abc")
+    path.write_bytes(payload)
     found = read_chunk_file(path)
+    assert found == written
     assert found.key == "abc" and found.duration == pytest.approx(0.1) and len(found.sha256) == 64
     assert (soundfile.read(path, dtype="float32")[0] == samples).all()  # still a plain WAV to other readers
     whole = path.read_bytes()

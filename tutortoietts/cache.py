@@ -142,6 +142,11 @@ class Cache:
             self.notices.append(f"the cache index {path} was damaged ({error}); it was moved to {aside.name} and started afresh")
             return diskcache.Cache(str(path), **options)
 
+    def take_notices(self) -> list[str]:
+        """What happened since the last call (repairs, failed writes), each said once."""
+        notices, self.notices = self.notices, []
+        return notices
+
     def close(self) -> None:
         self._store.close()
         self._counters.close()

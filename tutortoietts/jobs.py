@@ -63,28 +63,6 @@ def chunk_seed(job_seed: int, text: str) -> int:
 META_CHUNK = b"ttts"  # our RIFF chunk in every chunk file; WAV readers skip chunks they do not know
 
 
-def float_wav_bytes(samples, sample_rate: int, key: str = "") -> bytes:
-    """A mono 32-bit float WAV, written by hand, that carries its cache key and the sha256 of its samples.
-
-    By hand because libsndfile adds a timestamped PEAK chunk, which would make identical audio
-    give different checksums. Float, so nothing is quantised before stitch normalises loudness.
-    The key and hash make the file self-verifying: a damaged or missing job database can be
-    rebuilt from the chunk files, and a truncated or altered file is always detected.
-    """
-    import numpy as np
-
-    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
-    fmt = struct.pack("<HHIIHH", 3, 1, sample_rate, sample_rate * 4, 4, 32)  # 3 = WAVE_FORMAT_IEEE_FLOAT
-    # A non-PCM format wants a "fact" chunk holding the sample count.
-    fact = struct.pack("<I", len(data) // 4)
-    meta = json.dumps({"key": key, "sha256": hashlib.sha256(data).hexdigest()}).encode()
-    meta += b" " * (len(meta) % 2)  # RIFF chunks have even sizes
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<I", 4) + fact
-    body += META_CHUNK + struct.pack("<I", len(meta)) + meta
-    body += b"data" + struct.pack("<I", len(data)) + data
-    return b"RIFF" + struct.pack("<I", len(body)) + body
-
-
 @dataclass(frozen=True)
 class ChunkFile:
     """What a whole chunk file says about itself."""
@@ -94,12 +72,39 @@ class ChunkFile:
     duration: float
 
 
+def float_wav_bytes(samples, sample_rate: int, key: str = "") -> tuple[bytes, ChunkFile]:
+    """A mono 32-bit float WAV, written by hand, that carries its cache key and the sha256 of its samples.
+
+    By hand because libsndfile adds a timestamped PEAK chunk, which would make identical audio
+    give different checksums. Float, so nothing is quantised before stitch normalises loudness.
+    The key and hash make the file self-verifying: a damaged or missing job database can be
+    rebuilt from the chunk files, and a truncated or altered file is always detected.
+    Returns the file's bytes and what read_chunk_file will find in them.
+    """
+    import numpy as np
+
+    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, sample_rate, sample_rate * 4, 4, 32)  # 3 = WAVE_FORMAT_IEEE_FLOAT
+    # A non-PCM format wants a "fact" chunk holding the sample count.
+    fact = struct.pack("<I", len(data) // 4)
+    written = ChunkFile(key=key, sha256=hashlib.sha256(data).hexdigest(), duration=len(data) / 4 / sample_rate)
+    meta = json.dumps({"key": key, "sha256": written.sha256}).encode()
+    meta += b" " * (len(meta) % 2)  # RIFF chunks have even sizes
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<I", 4) + fact
+    body += META_CHUNK + struct.pack("<I", len(meta)) + meta
+    body += b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body, written
+
+
 def read_chunk_file(path: Path) -> ChunkFile | None:
     """The file's key, hash and duration if it is whole (its samples hash to the sha256 inside it), else None."""
     try:
-        raw = Path(path).read_bytes()
+        return parse_chunk_file(Path(path).read_bytes())
     except OSError:
         return None
+
+
+def parse_chunk_file(raw: bytes) -> ChunkFile | None:
     if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
         return None
     chunks, offset = {}, 12
@@ -361,15 +366,20 @@ class Job:
         rows = self.rows()
         planned = {self.chunk_path(row.chapter, row.index).name: row.cache_key for row in rows}
         self.kept_dir.mkdir(exist_ok=True)
+        in_place: dict[str, ChunkFile] = {}  # slot file name -> what it holds, when that is its planned key
         for path in self.chunks_dir.glob("*.wav"):
             found = read_chunk_file(path)
-            if found is not None and planned.get(path.name) != found.key:
+            if found is None:
+                continue
+            if planned.get(path.name) == found.key:
+                in_place[path.name] = found
+            else:
                 os.replace(path, self.kept_dir / f"{found.key}.wav")
         damaged, recovered = [], []
         for row in rows:
             target = self.chunk_path(row.chapter, row.index)
-            found = read_chunk_file(target) if target.exists() else None
-            whole = found is not None and found.key == row.cache_key
+            found = in_place.get(target.name)
+            whole = found is not None
             if not whole and adopt and row.status == "pending":
                 found = self._place_kept(row.cache_key, target)
                 whole = found is not None
@@ -390,10 +400,11 @@ class Job:
     def _place_kept(self, key: str, target: Path) -> ChunkFile | None:
         """Copy a set-aside file into its new slot (a copy: two chunks with the same text share a key)."""
         kept = self.kept_dir / f"{key}.wav"
-        found = read_chunk_file(kept) if kept.exists() else None
+        raw = kept.read_bytes() if kept.exists() else b""
+        found = parse_chunk_file(raw)
         if found is None or found.key != key:
             return None
-        _write_durably(target, kept.read_bytes())
+        _write_durably(target, raw)
         return found
 
     # ------------------------------------------------------------ rows
@@ -425,15 +436,13 @@ class Job:
 
         target = self.chunk_path(row.chapter, row.index)
         data = np.asarray(samples.detach().float().cpu().numpy() if hasattr(samples, "detach") else samples, dtype=np.float32)
-        payload = float_wav_bytes(data, sample_rate, key=row.cache_key)
+        payload, written = float_wav_bytes(data, sample_rate, key=row.cache_key)
         _write_durably(target, payload)
-        checksum = hashlib.sha256(np.ascontiguousarray(data, dtype="<f4").tobytes()).hexdigest()
-        duration = len(data) / sample_rate
         with self.db:
             self.db.execute(
                 "UPDATE chunks SET status='done', audio_path=?, checksum=?, duration=?, seconds=?,"
                 " attempts=attempts+1, error=NULL WHERE chapter=? AND idx=?",
-                (str(target.relative_to(self.directory)), checksum, duration, seconds, row.chapter, row.index),
+                (str(target.relative_to(self.directory)), written.sha256, written.duration, seconds, row.chapter, row.index),
             )
         return target
 

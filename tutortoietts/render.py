@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -109,10 +108,6 @@ class Plan:
     ar_keys: dict[str, str]  # audio key -> AR key
 
 
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def resolve_weights(models_dir: Path | None) -> tuple[Path, str]:
     """The checkpoint folder and its fingerprint (missing weights are a UserError from checkpoints)."""
     from tutortoietts.engine.checkpoints import find_models_dir, weights_fingerprint
@@ -136,6 +131,7 @@ def concrete_precision(settings, device: str):
 def plan_render(request: RenderRequest) -> Plan:
     """Everything that needs no network weights: cheap, and every user mistake surfaces here."""
     from tutortoietts.chunking import ChunkLimits, chunk_book
+    from tutortoietts.engine.checkpoints import file_sha256
     from tutortoietts.manuscript import read_book
     from tutortoietts.settings import load_preset
 
@@ -162,7 +158,7 @@ def plan_render(request: RenderRequest) -> Plan:
         title = book.chapters[chunk.chapter].title
         planned.append(PlannedChunk(chunk.chapter, chunk.index, title, chunk.text, chunk.pause_after, seed, key))
     job_dir = Path(request.out_dir) if request.out_dir is not None else default_job_dir(request.book)
-    return Plan(Path(request.book), file_hash(request.book), book, settings, voice, voice_fp, models_dir, weights_fp,
+    return Plan(Path(request.book), file_sha256(request.book), book, settings, voice, voice_fp, models_dir, weights_fp,
                 job_dir, planned, ar_keys)
 
 
@@ -269,6 +265,11 @@ def _emit(progress, event: ProgressEvent) -> None:
         progress(event)
 
 
+def _emit_notices(progress, messages: list[str], done: int, total: int) -> None:
+    for message in messages:
+        _emit(progress, ProgressEvent("notice", done, total, message=message))
+
+
 def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None] | None = None,
                 engine_loader: Callable | None = None) -> RenderSummary:
     """Render every pending chunk, then stitch and export; failures end in RenderFailed after the rest is saved."""
@@ -286,9 +287,7 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
             preset=request.preset, settings=plan.settings.to_dict(), seed=request.seed, plan=plan.chunks,
             force=request.force,
         )
-        for message in [*cache.notices, *job.notices, *repair_notices(state)]:
-            _emit(progress, ProgressEvent("notice", 0, len(plan.chunks), message=message))
-        cache.notices.clear()
+        _emit_notices(progress, [*cache.take_notices(), *job.notices, *repair_notices(state)], 0, len(plan.chunks))
         engine = LazyEngine(plan, request, cache, engine_loader)
         pending = job.rows("pending")
         total = len(plan.chunks)
@@ -317,9 +316,7 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
                 job.mark_failed(row, message, time.perf_counter() - chunk_start)
                 failures.append((row, message))
                 source = "failed"
-            for message in cache.notices:
-                _emit(progress, ProgressEvent("notice", done, total, message=message))
-            cache.notices.clear()
+            _emit_notices(progress, cache.take_notices(), done, total)
             counts[source] += 1
             done += 1
             elapsed = time.perf_counter() - loop_start
