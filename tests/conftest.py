@@ -11,7 +11,7 @@ import torch
 from hypothesis import settings as hypothesis_settings
 
 from tests.cli_support import ROOT, STOP_TOKEN
-from tutortoietts.reference_runner import install_torchaudio_stand_in
+from tutortoietts.devtools.reference_runner import install_torchaudio_stand_in
 
 # Property tests draw the same examples on every run by default, so CI cannot fail on a case
 # the previous run never tried; TUTORTOIETTS_FUZZ_RANDOM=1 draws fresh ones (with

@@ -11,7 +11,8 @@ import torch
 from tortoise.utils.diffusion import SpacedDiffusion, get_named_beta_schedule, space_timesteps
 from tutortoietts.engine import samplers
 from tutortoietts.engine.configs import TINY
-from tutortoietts.engine.diffusion import DiffusionDecoder, sampler_fidelity
+from tutortoietts.devtools.fidelity import sampler_fidelity
+from tutortoietts.engine.diffusion import DiffusionDecoder
 from tutortoietts.errors import UserError
 
 

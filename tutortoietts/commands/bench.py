@@ -108,7 +108,7 @@ def bench(
     samplers: Annotated[bool, typer.Option("--samplers", help="Also measure how close DPM-Solver++ / DDIM / the reference's DDPM land to a 200-step DDIM (same noise).")] = False,
 ) -> None:
     """Time the reference tortoise-tts and our engine on the same random full-size weights, stage by stage."""
-    from tutortoietts import bench as bench_lib
+    from tutortoietts.devtools import bench as bench_lib
 
     directory = models_dir if models_dir is not None else bench_lib.default_models_dir()
     if not Path(directory).is_dir():

@@ -45,7 +45,7 @@ def profile(
     seed: Seed = 0,
 ) -> None:
     """Synthesise once under torch.profiler: stage breakdown in %, top operators, peak memory, RTF, trace."""
-    from tutortoietts.profiling import ProfileOptions, run_profile
+    from tutortoietts.devtools.profiling import ProfileOptions, run_profile
 
     options = ProfileOptions(preset=preset, models_dir=models_dir, device=device, trace_path=trace, seed=seed,
                              precision=precision, codes=codes, samples=samples)

@@ -29,7 +29,7 @@ MAX_TEXT_TOKENS = 402  # the autoregressive model's text position table (configs
 VOCODER_HOP = 256  # output samples per mel frame
 RERANK_BATCH = 64  # CLVP scores rows independently; batches only bound memory
 
-STAGES = ("autoregressive", "rerank", "latents", "diffusion", "vocoder")
+from tutortoietts.engine.timing import STAGES  # noqa: E402  (one definition, re-exported)
 Progress = Callable[[str, int, int], None]  # (stage, step, steps)
 
 
@@ -343,7 +343,7 @@ class Tortoise:
     def synthesize(self, text: str, voice: VoiceLatents, settings, seed: int = 0,
                    progress: Progress | None = None) -> Clip:
         """The reference tts() with k=1: sample, rerank, keep the best, latents, trim, diffuse, vocode."""
-        from tutortoietts.profiling import StageTimer
+        from tutortoietts.engine.timing import StageTimer
 
         timer = StageTimer(self.device)
         report = progress or (lambda stage, step, steps: None)

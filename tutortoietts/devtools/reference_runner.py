@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tutortoietts.profiling import StageTimer
+from tutortoietts.engine.timing import StageTimer
 
 CALM_TOKEN = 83  # the reference's code for silence (api.py)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from tutortoietts.errors import UserError
-from tutortoietts.profiling import STAGES, StageTimer, autoregressive_network, measure_bandwidth, peak_memory_bytes, run_stages
+from tutortoietts.devtools.profiling import autoregressive_network, measure_bandwidth, run_stages
+from tutortoietts.engine.timing import STAGES, StageTimer, peak_memory_bytes
 
 SAMPLE_RATE = 24000
 DEFAULT_TEXT = (
@@ -223,7 +224,7 @@ class ReferenceSide:
     """The reference's stages (reference_runner), behind the worker's interface."""
 
     def __init__(self, side: Side, options: dict, config: dict):
-        from tutortoietts import reference_runner
+        from tutortoietts.devtools import reference_runner
 
         self.runner = reference_runner
         self.side, self.options = side, options
@@ -362,7 +363,7 @@ def run_side_subprocess(side: Side, options: BenchOptions, probe_path: Path, out
     # The worker must import this very package, installed or not.
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-m", "tutortoietts.bench", str(spec_path), str(out_dir)],
+    done = subprocess.run([sys.executable, "-m", "tutortoietts.devtools.bench", str(spec_path), str(out_dir)],
                           env=env, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
@@ -428,7 +429,7 @@ def sampler_comparison(options: BenchOptions, reference_steps: int = 200) -> dic
     how the speech sounds.
     """
     from tutortoietts.engine.checkpoints import load_network
-    from tutortoietts.engine.diffusion import sampler_fidelity
+    from tutortoietts.devtools.fidelity import sampler_fidelity
 
     device = torch.device(options.device)
     config = models_config(options.models_dir)["diffusion_decoder"]

@@ -1,0 +1,1 @@
+"""Development tools: benchmarks, profiling, the reference runner, fidelity measures. Never imported by the runtime."""

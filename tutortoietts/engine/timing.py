@@ -1,0 +1,73 @@
+"""Stage timing and peak memory: what the engine reports per stage, and what bench and profile read."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+# The engine's stages, in the order a synthesis runs them (Tortoise.autoregressive, then Tortoise.audio).
+STAGES = ("autoregressive", "rerank", "latents", "diffusion", "vocoder")
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so a wall-clock reading covers the work and not just its launch."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class StageTimer:
+    """Wall-clock seconds per named stage, summed over repeats; each stage is also a profiler range."""
+
+    device: torch.device | str = "cpu"
+    seconds: dict[str, float] = field(default_factory=dict)
+    current: str | None = None  # the stage running now, so sub-ranges know whose they are
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        synchronize(self.device)
+        start = time.perf_counter()
+        self.current = name
+        try:
+            # record_function is near free when no profiler is running, and names the range in a trace.
+            with torch.profiler.record_function(f"stage:{name}"):
+                yield
+            synchronize(self.device)
+        finally:
+            self.current = None
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far.
+
+    On Linux from /proc (VmHWM): getrusage's ru_maxrss survives exec, so a freshly started bench
+    worker would report its parent's peak if the parent was bigger.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS: bytes, Linux: KiB
+
+
+def peak_memory_bytes(device: torch.device | str) -> int:
+    """Peak memory of the side that matters: GPU allocations on CUDA, process RSS on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return peak_rss_bytes()
