@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
 
+from tutortoietts.engine.limits import CONDITIONING_SAMPLE_RATE, SAMPLES_PER_CODE
 from tutortoietts.engine.tokenizer import TEXT_TOKEN_LIMIT, Tokenizer, clean
 from tutortoietts.manuscript import Book
 
@@ -23,7 +24,7 @@ ABBREVIATIONS = (
 )
 
 # One mel code per 1024 samples of 22.05 kHz audio (DVAE: mel hop 256, downsampled 4x).
-MEL_TOKENS_PER_SECOND = 22050 / 1024
+MEL_TOKENS_PER_SECOND = CONDITIONING_SAMPLE_RATE / SAMPLES_PER_CODE
 
 PUNCTUATION = re.compile(r"[.!?,;:]")
 CLAUSE_END = re.compile(r"(?<=[;:,])\s+|\s+(?=-\s)")  # after ; : , and before a spoken dash " - "

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from tutortoietts.engine import limits
 from tutortoietts.errors import UserError
-
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-MAX_MEL_TOKENS = 604  # the autoregressive model's mel position table (configs.FULL)
 
 # Which settings each stage reads, so a cache key holds exactly those: changing a diffusion
 # setting must not throw away cached autoregressive codes. Precision changes the numbers of
@@ -62,9 +58,9 @@ class Settings:
         for field in dataclasses.fields(self):
             value = _checked_type(field.name, field.type, getattr(self, field.name))
             object.__setattr__(self, field.name, value)  # ints given for floats become floats
-        for name, ok, rule in _RANGES:
-            if not ok(getattr(self, name)):
-                raise UserError(f"setting {name} = {getattr(self, name)!r} is out of range: it must be {rule}")
+        # The engine's own rules (limits.RULES), so a value it would refuse never gets past here.
+        for name in limits.RULES:
+            limits.check(name, getattr(self, name))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,21 +87,6 @@ class Settings:
 
 
 FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Settings))
-
-_RANGES = (
-    ("num_autoregressive_samples", lambda v: v >= 1, "at least 1"),
-    ("temperature", lambda v: 0 < v < math.inf, "a finite number greater than 0"),
-    ("top_p", lambda v: 0 < v <= 1, "greater than 0 and at most 1"),
-    ("repetition_penalty", lambda v: 0 < v < math.inf, "a finite number greater than 0"),
-    ("length_penalty", math.isfinite, "a finite number"),
-    ("max_mel_tokens", lambda v: 1 <= v <= MAX_MEL_TOKENS, f"between 1 and {MAX_MEL_TOKENS}"),
-    ("diffusion_iterations", lambda v: 1 <= v <= 4000, "between 1 and 4000 (the diffusion model's trained steps)"),
-    ("cond_free_k", lambda v: 0 <= v < math.inf, "a finite number, 0 or more"),
-    ("diffusion_temperature", lambda v: 0 <= v < math.inf, "a finite number, 0 or more"),
-    ("sampler", lambda v: v in SAMPLERS, "one of " + ", ".join(SAMPLERS)),
-    ("precision", lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
-    ("autoregressive_batch_size", lambda v: v >= 0, "0 (the default, 16) or more"),
-)
 
 
 def _checked_type(name: str, kind: str, value):

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from tutortoietts.engine.limits import SAMPLE_RATE  # the vocoder's output rate
 from tutortoietts.errors import UserError
 
-SAMPLE_RATE = 24000  # the vocoder's output rate
 # Silence after a chunk, by what ends there. A chapter's pause is split in half: one half opens
 # its file and one half closes it, so per-chapter files and the whole book both hear 2 s.
 PAUSE_SECONDS = {"sentence": 0.35, "paragraph": 0.8, "chapter": 2.0}

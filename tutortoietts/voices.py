@@ -9,12 +9,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Clips are loaded at the rate the autoregressive conditioning mel expects.
+from tutortoietts.engine.limits import CONDITIONING_SAMPLE_RATE
 from tutortoietts.errors import UserError
 
 # The formats tortoise's own voices come in plus the lossless ones people record in.
 CLIP_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg")
-# Clips are loaded at the rate the autoregressive conditioning mel expects.
-CLIP_SAMPLE_RATE = 22050
 # The conditioning encoders hear up to 6 s of each clip (132300 samples at 22.05 kHz, zero-padded
 # when shorter), and tortoise advises clips of about 10 s. Under half a second, a word at most,
 # they mostly hear padding: such a clip is almost always a cutting or export mistake.
@@ -183,7 +183,7 @@ def voice_fingerprint(voice: Voice, seed: int = 0) -> str:
     return digest.hexdigest()
 
 
-def load_voice_clips(voice: Voice, sample_rate: int = CLIP_SAMPLE_RATE) -> list:
+def load_voice_clips(voice: Voice, sample_rate: int = CONDITIONING_SAMPLE_RATE) -> list:
     """The clips as 1-D float tensors at `sample_rate`; a clip that will not decode is a user error."""
     from tutortoietts.engine.audio import load_clip
 

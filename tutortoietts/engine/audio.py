@@ -12,11 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# The autoregressive model hears 22.05 kHz audio; the diffusion decoder and vocoder work at 24 kHz.
+from tutortoietts.engine.limits import CONDITIONING_SAMPLE_RATE, SAMPLE_RATE
 from tutortoietts.errors import UserError
 
-# The autoregressive model hears 22.05 kHz audio; the diffusion decoder and vocoder work at 24 kHz.
-AR_SAMPLE_RATE = 22050
-DIFFUSION_SAMPLE_RATE = 24000
 CONDITIONING_SAMPLES = 132300  # 6 s at 22.05 kHz: api.format_conditioning's cond_length
 DIFFUSION_CONDITIONING_SAMPLES = 102400  # what get_conditioning_latents pads/truncates to at 24 kHz
 
@@ -218,7 +217,7 @@ def conditioning_mel(clip_22k: torch.Tensor) -> torch.Tensor:
     clip = _fit_length(_as_batch(clip_22k), CONDITIONING_SAMPLES, centre=True)  # (1, S)
     spectrum = _stft(clip)
     power = spectrum.real ** 2 + spectrum.imag ** 2  # (1, 513, frames)
-    filters = mel_filterbank(AR_SAMPLE_RATE, N_FFT, 80, 0.0, 8000.0, "htk").to(clip.device)
+    filters = mel_filterbank(CONDITIONING_SAMPLE_RATE, N_FFT, 80, 0.0, 8000.0, "htk").to(clip.device)
     mel = torch.log(torch.clamp(filters @ power, min=LOG_FLOOR))  # (1, 80, frames)
     return mel / mel_norms().to(clip.device)[None, :, None]
 
@@ -229,7 +228,7 @@ def diffusion_mel(clip_22k: torch.Tensor) -> torch.Tensor:
     The reference's wav_to_univnet_mel(do_normalization=False): magnitude (not power) STFT at
     24 kHz, librosa's default mel filters (Slaney scale and norm, 100 bands 0-12 kHz), log-compressed.
     """
-    clip = resample(_as_batch(clip_22k), AR_SAMPLE_RATE, DIFFUSION_SAMPLE_RATE)
+    clip = resample(_as_batch(clip_22k), CONDITIONING_SAMPLE_RATE, SAMPLE_RATE)
     return univnet_mel(_fit_length(clip, DIFFUSION_CONDITIONING_SAMPLES, centre=False))  # (1, 100, 401)
 
 
@@ -237,5 +236,5 @@ def univnet_mel(wave_24k: torch.Tensor) -> torch.Tensor:
     """The 24 kHz mel of any batch of waves, no fixed length. (B, S) -> (B, 100, frames)"""
     wave = wave_24k.float().clamp(-1.0, 1.0)  # TacotronSTFT clips before its STFT
     magnitude = _stft(wave).abs()  # (B, 513, frames)
-    filters = mel_filterbank(DIFFUSION_SAMPLE_RATE, N_FFT, 100, 0.0, 12000.0, "slaney").to(wave.device)
+    filters = mel_filterbank(SAMPLE_RATE, N_FFT, 100, 0.0, 12000.0, "slaney").to(wave.device)
     return torch.log(torch.clamp(filters @ magnitude, min=LOG_FLOOR))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from tutortoietts.engine import limits
 from tutortoietts.errors import UserError
 
 TOP_K = 50  # transformers' GenerationConfig.top_k default, active in every reference generate() call
@@ -31,19 +32,15 @@ PROMPT_TOKEN = 1  # id of the reference's placeholder prompt tokens, seen by the
 
 
 def validate_sampling(num_samples, max_mel_tokens, temperature, top_p, repetition_penalty, batch_size) -> None:
-    """Raise UserError for sampling settings the reference would reject or that make no sense."""
-    if num_samples < 1:
-        raise UserError(f"num_samples must be at least 1, got {num_samples}")
-    if max_mel_tokens < 1:
-        raise UserError(f"max_mel_tokens must be at least 1, got {max_mel_tokens}")
-    if batch_size is not None and batch_size < 1:
+    """Raise UserError for sampling values outside the settings' rules (limits.RULES, the same ones
+    settings validation applies before anything runs)."""
+    limits.check("num_autoregressive_samples", num_samples)
+    limits.check("max_mel_tokens", max_mel_tokens)
+    limits.check("temperature", temperature)
+    limits.check("top_p", top_p)
+    limits.check("repetition_penalty", repetition_penalty)
+    if batch_size is not None and batch_size < 1:  # resolved by then: Settings.batch_size() is at least 1
         raise UserError(f"autoregressive batch size must be at least 1, got {batch_size}")
-    if not temperature > 0:
-        raise UserError(f"temperature must be greater than 0, got {temperature}")
-    if not 0 <= top_p <= 1:
-        raise UserError(f"top_p must be between 0 and 1, got {top_p}")
-    if not repetition_penalty > 0:
-        raise UserError(f"repetition_penalty must be greater than 0, got {repetition_penalty}")
 
 
 def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tutortoietts.engine import samplers
+from tutortoietts.engine.limits import CONDITIONING_SAMPLE_RATE, SAMPLE_RATE
 
 # The normalised mel the decoder works in maps [-1, 1] onto this log-mel range (the reference's
 # TACOTRON_MEL_MIN / TACOTRON_MEL_MAX).
@@ -306,7 +307,7 @@ class DiffusionDecoder(nn.Module):
 
 def output_frames(latent_frames: int) -> int:
     """Mel frames at 24 kHz for AR latents at 22.05 kHz codes (one code = 4 conditioning-mel frames)."""
-    return latent_frames * 4 * 24000 // 22050
+    return latent_frames * 4 * SAMPLE_RATE // CONDITIONING_SAMPLE_RATE
 
 
 def denormalize_mel(mel: torch.Tensor) -> torch.Tensor:

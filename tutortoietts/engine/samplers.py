@@ -21,11 +21,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
+from tutortoietts.engine import limits
+from tutortoietts.engine.limits import MIN_DIFFUSION_STEPS, SAMPLER_NAMES, TRAINED_STEPS
 from tutortoietts.errors import UserError
-
-TRAINED_STEPS = 4000  # the diffusion decoder was trained on a 4000-step linear schedule
-
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")
 
 
 class Prediction(NamedTuple):
@@ -118,8 +116,8 @@ def trained_alphas_cumprod(trained_steps: int = TRAINED_STEPS) -> np.ndarray:
 
 def respaced_schedule(steps: int, trained_steps: int = TRAINED_STEPS) -> Schedule:
     """The `steps`-step process the reference's SpacedDiffusion builds: evenly spaced trained timesteps."""
-    if not 2 <= steps <= trained_steps:
-        raise UserError(f"diffusion steps must be between 2 and {trained_steps}, got {steps}")
+    if not MIN_DIFFUSION_STEPS <= steps <= trained_steps:
+        raise UserError(f"diffusion steps must be between {MIN_DIFFUSION_STEPS} and {trained_steps}, got {steps}")
     kept = spaced_timesteps(trained_steps, steps)
     kept_cumprod = trained_alphas_cumprod(trained_steps)[kept]
     # The reference re-derives betas between kept steps and takes their cumprod again; doing the
@@ -139,8 +137,8 @@ def log_snr_schedule(steps: int, trained_steps: int = TRAINED_STEPS) -> Schedule
     the error; even lambda spacing removes it. Timesteps are rounded to trained integers: the
     network only saw those.
     """
-    if not 2 <= steps <= trained_steps:
-        raise UserError(f"diffusion steps must be between 2 and {trained_steps}, got {steps}")
+    if not MIN_DIFFUSION_STEPS <= steps <= trained_steps:
+        raise UserError(f"diffusion steps must be between {MIN_DIFFUSION_STEPS} and {trained_steps}, got {steps}")
     cumprod = trained_alphas_cumprod(trained_steps)
     lambdas = 0.5 * (np.log(cumprod) - np.log1p(-cumprod))  # (trained,) decreasing in t
     targets = np.linspace(lambdas[0], lambdas[-1], steps)  # decreasing, so the timesteps come out increasing
@@ -165,8 +163,8 @@ DEFAULT_SPACING = {"ddpm": "even", "ddim": "even", "dpmpp2m": "log_snr"}
 
 def schedule_for(sampler: str, steps: int, spacing: str | None = None) -> Schedule:
     """The schedule a sampler runs on: the reference's even spacing, or log-SNR for DPM-Solver++."""
-    if sampler not in SAMPLER_NAMES:
-        raise UserError(f"unknown sampler {sampler!r} (expected one of {', '.join(SAMPLER_NAMES)})")
+    limits.check("sampler", sampler)  # the rules settings validation applied before anything ran
+    limits.check("diffusion_iterations", steps)
     spacing = spacing or DEFAULT_SPACING[sampler]
     if spacing not in SPACINGS:
         raise UserError(f"unknown timestep spacing {spacing!r} (expected one of {', '.join(SPACINGS)})")
