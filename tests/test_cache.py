@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tutortoietts.cache import ARResult, Cache, ar_key, audio_key, voice_key
+from tutortoietts.cache import Cache, ar_key, audio_key, voice_key
+from tutortoietts.engine.pipeline import ARResult
 from tutortoietts.settings import load_preset
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tutortoietts import render
+from tutortoietts.engine.pipeline import Tortoise
 from tutortoietts.jobs import Job
 from tutortoietts.render import RenderFailed, RenderRequest, render_book
 
@@ -26,9 +27,13 @@ The last words of the book.
 
 
 class FakeEngine:
-    """The Tortoise stage API with arithmetic instead of networks; counts every stage call."""
+    """The Tortoise stage API with arithmetic instead of networks; counts every stage call. The stage
+    sequence itself (autoregressive, audio) is the engine's own."""
 
     sample_rate = 24000
+    device = torch.device("cpu")
+    autoregressive_stage = Tortoise.autoregressive_stage
+    audio_stage = Tortoise.audio_stage
 
     def __init__(self, fail_on: str | None = None):
         self.calls = {"sample_codes": 0, "diffuse": 0}
@@ -40,7 +45,7 @@ class FakeEngine:
     def random_voice(self, seed):
         return ("random", seed)
 
-    def sample_codes(self, text_ids, voice, settings, seed):
+    def sample_raw_codes(self, text_ids, voice, settings, seed, instruments=None):
         self.calls["sample_codes"] += 1
         if self.fail_on is not None and bool((text_ids == ord(self.fail_on[0]) % 255).all()) is False:
             text = "".join(chr(int(i)) for i in text_ids[0])
@@ -55,7 +60,7 @@ class FakeEngine:
     def code_latents(self, text_ids, codes, voice):
         return codes.float().unsqueeze(-1) / 8192  # (1, T, 1)
 
-    def diffuse(self, latents, voice, settings, noise=None, seed=0):
+    def diffuse(self, latents, voice, settings, noise=None, seed=0, progress=None):
         self.calls["diffuse"] += 1
         generator = torch.Generator().manual_seed(seed + settings.diffusion_iterations)
         return latents.transpose(1, 2) + 0.01 * torch.randn(latents.shape[0], 1, latents.shape[1], generator=generator)
@@ -175,12 +180,13 @@ def test_cached_stage_path_equals_synthesize(tiny_models_dir, tmp_path):
     voice = tts.random_voice(1)
     text = "A short line to speak."
     clip = tts.synthesize(text, voice, settings, seed=11)
-    result = render.autoregressive_stage(tts, text, voice, settings, 11)
+    result = tts.autoregressive_stage(text, voice, settings, 11)
     # Through the disk cache, as a later run would see it.
     with Cache(tmp_path / "cache") as cache:
         cache.put_ar("k", result, "w")
         stored = cache.get_ar("k")
-    samples, rate = render.audio_stage(tts, stored, voice, settings, 11)
+    audio = tts.audio_stage(stored, voice, settings, 11)
+    samples, rate = audio.samples, audio.sample_rate
     diff = (samples - clip.samples).abs().max().item()
     print(f"stage path vs synthesize: {samples.shape[0]} samples, max|diff| = {diff:.3e}")
     assert rate == clip.sample_rate and samples.shape == clip.samples.shape and diff == 0.0

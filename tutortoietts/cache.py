@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -10,14 +9,17 @@ import os
 import sqlite3
 import time
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import diskcache
 
 from tutortoietts import __version__
 from tutortoietts.errors import UserError
 from tutortoietts.paths import cache_dir
+
+if TYPE_CHECKING:
+    from tutortoietts.engine.pipeline import ARResult
 
 # Bump the suffix when a stage's output changes for the same inputs, so old entries stop matching.
 ENGINE_VERSION = f"tutortoietts-{__version__}/cache-2"
@@ -66,16 +68,6 @@ def audio_key(ar: str, settings) -> str:
 
 
 # ---------------------------------------------------------------- values
-
-
-@dataclass
-class ARResult:
-    """What the expensive autoregressive stage leaves for diffusion: candidates' codes and the chosen latents."""
-
-    codes: object  # LongTensor (n, T): every sampled candidate, for inspection and re-ranking
-    scores: object  # (n,) CLVP scores
-    chosen: int  # row of `codes` that diffusion used
-    latents: object  # (1, T', d) code latents of the chosen candidate, as diffusion takes them
 
 
 def _to_bytes(obj: dict) -> bytes:
@@ -211,10 +203,14 @@ class Cache:
         data = self._get("ar", key)
         if data is None:
             return None
+        from tutortoietts.engine.pipeline import ARResult
+
         return ARResult(**_from_bytes(data))
 
     def put_ar(self, key: str, result: ARResult, weights_fp: str) -> None:
-        self._set("ar", key, _to_bytes(dataclasses.asdict(result)), weights_fp)
+        # The values only: stage timings describe one run, not the result.
+        fields = ("codes", "scores", "chosen", "latents", "stopped")
+        self._set("ar", key, _to_bytes({name: getattr(result, name) for name in fields}), weights_fp)
 
     def get_audio(self, key: str):
         """(samples float32 tensor (n,), sample_rate) or None."""

@@ -1,4 +1,8 @@
-"""The render loop: plan chunks, take each from job state, cache or engine, then stitch the book."""
+"""The render loop: plan the chunks, take each from job state, the cache or a renderer, then stitch the book.
+
+`render_book` is the outline: plan_render -> prepare_job -> render_pending (through a Renderer, see
+renderers.py) -> raise_failures -> stitch_job.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ from typing import Callable
 
 import torch
 
-from tutortoietts.cache import ARResult, Cache, ar_key, audio_key, voice_key
+from tutortoietts.cache import Cache, ar_key, audio_key, voice_key
 from tutortoietts.errors import UserError
 from tutortoietts.jobs import ChunkRow, Job, PlannedChunk, chunk_seed, default_job_dir
+from tutortoietts.renderers import EngineRenderer, Renderer, RenderTask
 from tutortoietts.voices import Voice, find_voice, load_voice_clips, voice_fingerprint
 
 FORMATS = ("m4b", "mp3", "wav")
@@ -162,191 +167,201 @@ def plan_render(request: RenderRequest) -> Plan:
                 job_dir, planned, ar_keys)
 
 
-# ---------------------------------------------------------------- engine stages
+# ---------------------------------------------------------------- the engine and the voice
 
 
-class LazyEngine:
-    """Loads the networks on first use: a run whose chunks are all done or cached never loads them."""
+def engine_loader(plan: Plan, request: RenderRequest, loader: Callable | None = None) -> Callable[[], object]:
+    """A function that loads the engine for this plan (called by a renderer, only when needed)."""
 
-    def __init__(self, plan: Plan, request: RenderRequest, cache: Cache, loader: Callable | None = None):
-        self.plan, self.request, self.cache = plan, request, cache
-        self._loader = loader
-        self._tts = None
-        self._voice = None
-        self.setup_failed = False  # a load or voice error would fail every chunk alike: the loop stops
+    def load():
+        from tutortoietts.engine.pipeline import Tortoise
 
-    def _setup(self, make):
-        try:
-            return make()
-        except Exception:
-            self.setup_failed = True
-            raise
+        options = {"low_vram": True} if request.low_vram else {}
+        return (loader or Tortoise.load)(plan.models_dir, request.device, plan.settings.precision, **options)
 
-    @property
-    def loaded(self) -> bool:
-        return self._tts is not None
+    return load
 
-    def tts(self):
-        if self._tts is None:
-            loader = self._loader
-            if loader is None:
-                from tutortoietts.engine.pipeline import Tortoise
 
-                loader = Tortoise.load
-            options = {"low_vram": True} if self.request.low_vram else {}
-            self._tts = self._setup(lambda: loader(self.plan.models_dir, self.request.device, self.plan.settings.precision, **options))
-        return self._tts
+def voice_resolver(plan: Plan, request: RenderRequest, cache: Cache) -> Callable[[object], object]:
+    """tts -> the voice's conditioning latents, from the cache when this voice met these weights before."""
 
-    def voice_latents(self):
-        """The voice's conditioning latents, from the cache when this voice met these weights before."""
-        if self._voice is not None:
-            return self._voice
-        tts = self.tts()
-        if self.plan.voice.is_random:
-            self._voice = self._setup(lambda: tts.random_voice(self.request.seed))  # cheap: two small MLPs
-            return self._voice
+    def resolve(tts):
+        if plan.voice.is_random:
+            return tts.random_voice(request.seed)  # cheap: two small MLPs
         from tutortoietts.engine.pipeline import VoiceLatents
 
-        key = voice_key(self.plan.voice_fp, self.plan.weights_fp)
-        cached = self.cache.get_voice_latents(key)
+        key = voice_key(plan.voice_fp, plan.weights_fp)
+        cached = cache.get_voice_latents(key)
         if cached is not None:
-            self._voice = VoiceLatents(cached["autoregressive"], cached["diffusion"])
-        else:
-            self._voice = self._setup(lambda: tts.voice_latents(load_voice_clips(self.plan.voice)))
-            self.cache.put_voice_latents(key, self._voice.autoregressive, self._voice.diffusion, self.plan.weights_fp)
-        return self._voice
+            return VoiceLatents(cached["autoregressive"], cached["diffusion"])
+        voice = tts.voice_latents(load_voice_clips(plan.voice))
+        cache.put_voice_latents(key, voice.autoregressive, voice.diffusion, plan.weights_fp)
+        return voice
+
+    return resolve
 
 
-def autoregressive_stage(tts, text: str, voice, settings, seed: int) -> ARResult:
-    """Codes for every candidate, CLVP scores, and the best candidate's latents (what diffusion needs)."""
-    text_ids = tts.tokenize(text)
-    codes = tts.sample_codes(text_ids, voice, settings, seed)  # (n, T)
-    scores = tts.rerank(text_ids, codes)  # (n,)
-    chosen = int(torch.topk(scores, k=1).indices[0])  # topk, as synthesize picks (ties included)
-    latents = tts.code_latents(text_ids, codes[chosen : chosen + 1], voice)  # (1, T', d)
-    return ARResult(codes=codes.cpu(), scores=scores.float().cpu(), chosen=chosen, latents=latents.float().cpu())
-
-
-def audio_stage(tts, result: ARResult, voice, settings, seed: int):
-    """Diffusion then vocoder on (maybe cached) latents: (samples (n,), sample_rate)."""
-    mel = tts.diffuse(result.latents, voice, settings, seed=seed)  # (1, 100, frames)
-    wave = tts.vocode(mel, seed=seed)  # (1, 1, samples)
-    return wave.reshape(-1).float().cpu(), tts.sample_rate
-
-
-def render_chunk(engine: LazyEngine, cache: Cache, plan: Plan, row: ChunkRow, read_cache: bool = True):
-    """(samples, sample_rate, source): audio cache, else AR cache + diffusion, else every stage.
-
-    read_cache=False (--force) computes every stage again and overwrites the cached results.
-    """
-    cached = cache.get_audio(row.cache_key) if read_cache else None
-    if cached is not None:
-        return cached[0], cached[1], "audio-cache"
-    tts = engine.tts()
-    voice = engine.voice_latents()
-    ar = plan.ar_keys.get(row.cache_key)
-    result = cache.get_ar(ar) if ar is not None and read_cache else None
-    source = "ar-cache"
-    if result is None:
-        source = "rendered"
-        result = autoregressive_stage(tts, row.text, voice, plan.settings, row.seed)
-        if ar is not None:
-            cache.put_ar(ar, result, plan.weights_fp)
-    samples, rate = audio_stage(tts, result, voice, plan.settings, row.seed)
-    cache.put_audio(row.cache_key, samples, rate, plan.weights_fp)
-    return samples, rate, source
+def make_renderer(plan: Plan, request: RenderRequest, cache: Cache, loader: Callable | None = None) -> Renderer:
+    """The renderer for this request: today one engine in this process."""
+    return EngineRenderer(engine_loader(plan, request, loader), voice_resolver(plan, request, cache), plan.settings)
 
 
 # ---------------------------------------------------------------- the loop
 
 
-def _emit(progress, event: ProgressEvent) -> None:
-    if progress is not None:
-        progress(event)
+@dataclass
+class RunCounts:
+    """What this run did with its pending chunks."""
+
+    rendered: int = 0  # every stage computed
+    ar_cache: int = 0  # autoregressive result from the cache, audio computed
+    audio_cache: int = 0  # audio from the cache
+    failed: list[tuple[ChunkRow, str]] = field(default_factory=list)
+    audio_seconds: float = 0.0  # audio this run produced
+
+    def count(self, source: str) -> None:
+        if source == "rendered":
+            self.rendered += 1
+        elif source == "ar-cache":
+            self.ar_cache += 1
+        elif source == "audio-cache":
+            self.audio_cache += 1
 
 
-def _emit_notices(progress, messages: list[str], done: int, total: int) -> None:
-    for message in messages:
-        _emit(progress, ProgressEvent("notice", done, total, message=message))
+class ProgressTracker:
+    """Turns finished chunks into ProgressEvents with an ETA from this run's pace."""
+
+    def __init__(self, progress, done: int, total: int, pending: int):
+        self.progress, self.done, self.total, self.pending = progress, done, total, pending
+        self.finished = 0  # this run's chunks, for the pace
+        self.start = time.perf_counter()
+
+    def emit(self, event: ProgressEvent) -> None:
+        if self.progress is not None:
+            self.progress(event)
+
+    def notices(self, messages: list[str]) -> None:
+        for message in messages:
+            self.emit(ProgressEvent("notice", self.done, self.total, message=message))
+
+    def chunk(self, row: ChunkRow, source: str, audio_seconds: float) -> None:
+        self.done += 1
+        self.finished += 1
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.finished * (self.pending - self.finished)
+        self.emit(ProgressEvent("chunk", self.done, self.total, row.chapter_title, row.name, source, audio_seconds,
+                                elapsed, eta_seconds=eta))
 
 
-def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None] | None = None,
-                engine_loader: Callable | None = None) -> RenderSummary:
-    """Render every pending chunk, then stitch and export; failures end in RenderFailed after the rest is saved."""
-    started = time.perf_counter()
-    plan = plan_render(request)
+def render_pending(job: Job, plan: Plan, cache: Cache, renderer: Renderer, pending: list[ChunkRow],
+                   read_cache: bool, tracker: ProgressTracker) -> RunCounts:
+    """Every pending chunk from the audio cache or the renderer, each saved as soon as it is finished.
+
+    read_cache=False (--force) computes every stage again and overwrites the cached results.
+    """
+    counts = RunCounts()
+    rows = {row.name: row for row in pending}
+
+    def save(row: ChunkRow, samples, rate: int, seconds: float, source: str) -> None:
+        try:
+            job.write_chunk(row, samples, rate, seconds)
+        except (OSError, sqlite3.OperationalError) as error:
+            # A full disk or a folder gone read-only: every chunk would fail alike, stop now.
+            raise storage_error(error, plan.job_dir, tracker.done) from None
+        counts.count(source)
+        counts.audio_seconds += samples.numel() / rate
+        tracker.notices(cache.take_notices())
+        tracker.chunk(row, source, counts.audio_seconds)
+
+    def tasks():
+        """Cache hits are saved on the way; the rest go to the renderer, as it asks for them."""
+        for row in pending:
+            start = time.perf_counter()
+            cached = cache.get_audio(row.cache_key) if read_cache else None
+            if cached is not None:
+                save(row, cached[0], cached[1], time.perf_counter() - start, "audio-cache")
+                continue
+            ar_key_ = plan.ar_keys.get(row.cache_key)
+            ar = cache.get_ar(ar_key_) if ar_key_ is not None and read_cache else None
+            yield RenderTask(row.name, row.text, row.seed, ar)
+
+    for result in renderer.render(tasks()):
+        row = rows[result.task.name]
+        if result.error is not None:
+            try:
+                job.mark_failed(row, result.error, result.seconds)
+            except (OSError, sqlite3.OperationalError) as error:
+                raise storage_error(error, plan.job_dir, tracker.done) from None
+            counts.failed.append((row, result.error))
+            tracker.chunk(row, "failed", counts.audio_seconds)
+            continue
+        if result.computed_ar and row.cache_key in plan.ar_keys:
+            cache.put_ar(plan.ar_keys[row.cache_key], result.ar, plan.weights_fp)
+        cache.put_audio(row.cache_key, result.samples, result.sample_rate, plan.weights_fp)
+        save(row, result.samples, result.sample_rate, result.seconds, "rendered" if result.computed_ar else "ar-cache")
+    return counts
+
+
+def raise_failures(counts: RunCounts, total: int, job_dir: Path) -> None:
+    """The failure policy: a failed chunk does not stop the others, but the book is not stitched without it."""
+    if not counts.failed:
+        return
+    names = ", ".join(f"{row.name} ({message})" for row, message in counts.failed[:5])
+    more = f" and {len(counts.failed) - 5} more" if len(counts.failed) > 5 else ""
+    raise RenderFailed(
+        f"{len(counts.failed)} of {total} chunks failed: {names}{more}; the other chunks are saved in "
+        f"{job_dir}, run the same command again to retry the failed ones"
+    )
+
+
+def prepare_job(job: Job, plan: Plan, request: RenderRequest) -> dict:
+    """Bring the job folder in line with the plan; returns the repair state (see repair_notices)."""
+    return job.prepare(
+        book_path=plan.book_path.resolve(), book_hash=plan.book_hash, voice=f"{plan.voice.source}:{plan.voice.name}",
+        preset=request.preset, settings=plan.settings.to_dict(), seed=request.seed, plan=plan.chunks,
+        force=request.force,
+    )
+
+
+def check_export_possible(request: RenderRequest) -> None:
     if request.fmt != "wav":
         from tutortoietts.stitch import require_ffmpeg
 
         require_ffmpeg()  # before hours of rendering, not after
-    cache = Cache(request.cache_dir)
-    counts = {"rendered": 0, "ar-cache": 0, "audio-cache": 0, "failed": 0}
-    with cache, Job.open(plan.job_dir) as job:
-        state = job.prepare(
-            book_path=plan.book_path.resolve(), book_hash=plan.book_hash, voice=f"{plan.voice.source}:{plan.voice.name}",
-            preset=request.preset, settings=plan.settings.to_dict(), seed=request.seed, plan=plan.chunks,
-            force=request.force,
-        )
-        _emit_notices(progress, [*cache.take_notices(), *job.notices, *repair_notices(state)], 0, len(plan.chunks))
-        engine = LazyEngine(plan, request, cache, engine_loader)
+
+
+def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None] | None = None,
+                engine_loader: Callable | None = None, renderer: Renderer | None = None) -> RenderSummary:
+    """Plan, render every pending chunk, then stitch and export; failures end in RenderFailed after the rest is saved."""
+    started = time.perf_counter()
+    plan = plan_render(request)
+    check_export_possible(request)
+    with Cache(request.cache_dir) as cache, Job.open(plan.job_dir) as job:
+        state = prepare_job(job, plan, request)
         pending = job.rows("pending")
         total = len(plan.chunks)
-        done = total - len(pending)
-        already_done = done
-        audio_seconds = 0.0
-        loop_start = time.perf_counter()
-        _emit(progress, ProgressEvent("start", done, total))
-        failures: list[tuple[ChunkRow, str]] = []
-        for position, row in enumerate(pending):
-            chunk_start = time.perf_counter()
-            try:
-                samples, rate, source = render_chunk(engine, cache, plan, row, read_cache=not request.force)
-                job.write_chunk(row, samples, rate, time.perf_counter() - chunk_start)
-                audio_seconds += samples.numel() / rate
-            except (OSError, sqlite3.OperationalError) as error:
-                if engine.setup_failed:
-                    raise
-                # A full disk or a folder gone read-only: every chunk would fail alike, stop now.
-                raise storage_error(error, plan.job_dir, done) from None
-            except Exception as error:
-                if engine.setup_failed:
-                    raise  # bad weights or voice clips: every chunk would fail alike, stop now
-                # This chunk's own problem (text the engine refuses, a numerical failure): keep going.
-                message = f"{type(error).__name__}: {error}"
-                job.mark_failed(row, message, time.perf_counter() - chunk_start)
-                failures.append((row, message))
-                source = "failed"
-            _emit_notices(progress, cache.take_notices(), done, total)
-            counts[source] += 1
-            done += 1
-            elapsed = time.perf_counter() - loop_start
-            remaining = len(pending) - position - 1
-            _emit(progress, ProgressEvent(
-                "chunk", done, total, row.chapter_title, row.name, source, audio_seconds, elapsed,
-                eta_seconds=elapsed / (position + 1) * remaining,
-            ))
-        if failures:
-            names = ", ".join(f"{row.name} ({message})" for row, message in failures[:5])
-            more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
-            raise RenderFailed(
-                f"{len(failures)} of {total} chunks failed: {names}{more}; the other chunks are saved in "
-                f"{plan.job_dir}, run the same command again to retry the failed ones"
-            )
-        _emit(progress, ProgressEvent("stitch", done, total, audio_seconds=audio_seconds,
-                                      wall_seconds=time.perf_counter() - loop_start))
+        tracker = ProgressTracker(progress, total - len(pending), total, len(pending))
+        tracker.notices([*cache.take_notices(), *job.notices, *repair_notices(state)])
+        already_done = tracker.done
+        renderer = renderer or make_renderer(plan, request, cache, engine_loader)
+        tracker.emit(ProgressEvent("start", tracker.done, total))
+        counts = render_pending(job, plan, cache, renderer, pending, not request.force, tracker)
+        raise_failures(counts, total, plan.job_dir)
+        tracker.emit(ProgressEvent("stitch", tracker.done, total, audio_seconds=counts.audio_seconds,
+                                   wall_seconds=time.perf_counter() - tracker.start))
         try:
             outputs = stitch_job(job, plan, request)
         except (OSError, sqlite3.OperationalError) as error:
-            raise storage_error(error, plan.job_dir, done) from None
+            raise storage_error(error, plan.job_dir, tracker.done) from None
         job.mark_finished()
         book_audio = sum(row.duration or 0.0 for row in job.rows("done"))
     wall = time.perf_counter() - started
-    _emit(progress, ProgressEvent("end", total, total, audio_seconds=audio_seconds, wall_seconds=wall))
+    tracker.emit(ProgressEvent("end", total, total, audio_seconds=counts.audio_seconds, wall_seconds=wall))
     return RenderSummary(
         job_dir=plan.job_dir, outputs=outputs, total=total,
-        rendered=counts["rendered"] + counts["ar-cache"], from_ar_cache=counts["ar-cache"],
-        from_audio_cache=counts["audio-cache"], already_done=already_done, audio_seconds=book_audio,
-        run_audio_seconds=audio_seconds, wall_seconds=wall, engine_loaded=engine.loaded,
+        rendered=counts.rendered + counts.ar_cache, from_ar_cache=counts.ar_cache,
+        from_audio_cache=counts.audio_cache, already_done=already_done, audio_seconds=book_audio,
+        run_audio_seconds=counts.audio_seconds, wall_seconds=wall, engine_loaded=renderer.loaded,
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from tutortoietts.errors import UserError
-from tutortoietts.devtools.profiling import autoregressive_network, measure_bandwidth, run_stages
+from tutortoietts.devtools.profiling import autoregressive_network, measure_bandwidth
 from tutortoietts.engine.timing import STAGES, StageTimer, peak_memory_bytes
 
 SAMPLE_RATE = 24000
@@ -267,6 +267,15 @@ class ReferenceSide:
         return self.runner.probe_reference(self.models, probe)
 
 
+def our_synthesis(tts, text: str, voice, settings, seed: int, timer: StageTimer) -> dict:
+    """One synthesis through the engine's own stage sequence (what generate runs), timed by `timer`."""
+    timer.decode_steps = 0
+    ar = tts.autoregressive_stage(text, voice, settings, seed, instruments=timer)
+    clip = tts.audio_stage(ar, voice, settings, seed, instruments=timer)
+    return dict(codes=ar.codes, scores=ar.scores, latents=ar.latents, mel=clip.mel,
+                wav=clip.samples.reshape(1, 1, -1), ar_steps=timer.decode_steps)
+
+
 class OurSide:
     """Our engine through the Tortoise facade, stage by stage, as synthesize() runs them."""
 
@@ -286,19 +295,6 @@ class OurSide:
         self.tts = Tortoise.load(Path(options["models_dir"]), device=options["device"], precision=side.precision)
         if options.get("compile"):
             self.compile_decode()
-        self.count_decode_steps()
-
-    def count_decode_steps(self) -> None:
-        """Count decode calls: the codes come back fixed up (stop tokens rewritten), so they cannot tell."""
-        model = self.autoregressive_model()
-        step = model.decode_one_token
-        self.decode_calls = 0
-
-        def counted(*args, **kwargs):
-            self.decode_calls += 1
-            return step(*args, **kwargs)
-
-        model.decode_one_token = counted
 
     def compile_decode(self) -> None:
         """torch.compile the autoregressive decode step (CUDA graphs via reduce-overhead), if the engine offers it."""
@@ -327,11 +323,7 @@ class OurSide:
 
     def synthesize(self, probe: dict, timer: StageTimer, *, code_length: int, diffusion_steps: int | None) -> dict:
         settings = self.settings.replace(max_mel_tokens=code_length, diffusion_iterations=diffusion_steps)
-        self.decode_calls = 0
-        out = run_stages(self.tts, probe["text_ids"], self.voice(probe), settings, self.options["seed"], timer)
-        # The prefill yields the first code; each decode call one more.
-        return dict(codes=out["codes"].cpu(), scores=out["scores"].float().cpu(), latents=out["latents"].float().cpu(),
-                    mel=out["mel"].float().cpu(), wav=out["wav"].float().cpu(), ar_steps=self.decode_calls + 1)
+        return our_synthesis(self.tts, self.options["text"], self.voice(probe), settings, self.options["seed"], timer)
 
     def probe(self, probe: dict) -> dict:
         """Fixed-input outputs: teacher-forced latents/logits, CLVP scores, a diffused mel, a vocoded wave, sampled codes."""
@@ -361,7 +353,7 @@ def run_side_subprocess(side: Side, options: BenchOptions, probe_path: Path, out
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)
     # The worker must import this very package, installed or not.
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run([sys.executable, "-m", "tutortoietts.devtools.bench", str(spec_path), str(out_dir)],
                           env=env, capture_output=True, text=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,22 +33,6 @@ def measure_bandwidth(device: torch.device | str, megabytes: int = 256, repeats:
 
 # ---------------------------------------------------------------------------------------------
 # The stages, as generation runs them (bench and profile share this)
-
-def run_stages(tts, text_ids: torch.Tensor, voice, settings, seed: int, timer: StageTimer) -> dict:
-    """One synthesis through the Tortoise facade's stage calls, each timed and named for the profiler."""
-    with timer.stage("autoregressive"):
-        codes = tts.sample_codes(text_ids, voice, settings, seed)  # (n, T)
-    with timer.stage("rerank"):
-        scores = tts.rerank(text_ids, codes)  # (n,)
-        best = codes[int(torch.argmax(scores))][None]  # (1, T)
-    with timer.stage("latents"):
-        latents = tts.code_latents(text_ids, best, voice)  # (1, T, d)
-    with timer.stage("diffusion"):
-        mel = tts.diffuse(latents, voice, settings, seed=seed)  # (1, 100, F)
-    with timer.stage("vocoder"):
-        wav = tts.vocode(mel)  # (1, 1, samples)
-    return dict(codes=codes, scores=scores, best=best, latents=latents, mel=mel, wav=wav)
-
 
 # ---------------------------------------------------------------------------------------------
 # Sub-stage ranges: module hooks that time (and name, for the trace) parts of a stage
@@ -133,24 +118,32 @@ def diffusion_network(tts) -> torch.nn.Module:
     return find_network(tts, ("diffusion", "diffusion_decoder", "decoder"), "diffusion")
 
 
-def hook_substages(tts, ranges: RangeTimer) -> list:
-    """Time attention and feed-forward of every AR block, the code sampling, and the diffusion network.
+def hook_substages(tts, ranges: RangeTimer) -> None:
+    """Time attention and feed-forward of every AR block and the diffusion network (module hooks).
 
-    Returns undo callables for what was patched besides hooks.
+    The code sampling is timed by the engine itself, through ProfileTimer.range("ar:sampling").
     """
-    from tutortoietts.engine import decoding
-
     for name, module in autoregressive_network(tts).named_modules():
         # gpt.h.<i>.attn / gpt.h.<i>.mlp: the checkpoint's names for the two halves of each block.
         parts = name.split(".")
         if len(parts) == 4 and parts[:2] == ["gpt", "h"] and parts[3] in ("attn", "mlp"):
             ranges.hook(module, "ar:attention" if parts[3] == "attn" else "ar:feed_forward")
     ranges.hook(diffusion_network(tts), "diffusion:network")
-    # decoding.generate_codes looks choose_next up in its module at each call, so a patched
-    # module attribute is what it runs.
-    original = decoding.choose_next
-    decoding.choose_next = ranges.wrap(original, "ar:sampling")
-    return [lambda: setattr(decoding, "choose_next", original)]
+
+
+@dataclass
+class ProfileTimer(StageTimer):
+    """The engine's instruments for `profile`: stage times plus the named ranges it reports."""
+
+    ranges: RangeTimer | None = None
+
+    @contextlib.contextmanager
+    def range(self, name: str):
+        self.ranges.enter(name)
+        try:
+            yield
+        finally:
+            self.ranges.exit()
 
 
 def stage_breakdown(stage_seconds: dict[str, float], ranges: dict[str, float]) -> list[tuple[str, float]]:
@@ -188,7 +181,8 @@ class ProfileOptions:
     models_dir: Path | None = None
     device: str = "cpu"
     trace_path: Path = Path("profile-trace.json")
-    seed: int = 0
+    seed: int = 0  # the synthesis seed (a chunk's seed in generate)
+    voice_seed: int | None = None  # the random voice's seed; None: `seed` (generate --voice random uses the job seed)
     precision: str | None = None  # None: the preset's
     codes: int | None = None  # cap on codes (random weights never stop early); None: the preset's
     samples: int | None = None  # None: the preset's
@@ -217,6 +211,11 @@ def top_operators(profiler, cuda: bool, limit: int) -> list[dict]:
 
 def run_profile(options: ProfileOptions) -> dict:
     """Synthesise once under torch.profiler with sub-stage hooks; write the trace; return the breakdown."""
+    return profile_once(options)[0]
+
+
+def profile_once(options: ProfileOptions):
+    """(the report, the Clip synthesised): the engine's own stage sequence, as generate runs it."""
     from tutortoietts.engine.checkpoints import find_models_dir
     from tutortoietts.engine.pipeline import Tortoise
     from tutortoietts.settings import load_preset
@@ -228,30 +227,27 @@ def run_profile(options: ProfileOptions) -> dict:
                            num_autoregressive_samples=options.samples)
     models_dir = find_models_dir(options.models_dir)
     tts = Tortoise.load(models_dir, device=str(device), precision=settings.precision)
-    text_ids = tts.tokenize(options.text)
-    voice = tts.random_voice(options.seed)
+    voice = tts.random_voice(options.seed if options.voice_seed is None else options.voice_seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    timer = StageTimer(device)
-    ranges = RangeTimer(device, timer)
-    undo = hook_substages(tts, ranges)
+    timer = ProfileTimer(device)
+    ranges = timer.ranges = RangeTimer(device, timer)
+    hook_substages(tts, ranges)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     try:
         with torch.profiler.profile(activities=activities) as profiler:
-            outputs = run_stages(tts, text_ids, voice, settings, options.seed, timer)
+            clip = tts.synthesize(options.text, voice, settings, options.seed, instruments=timer)
     finally:
         ranges.remove()
-        for step in undo:
-            step()
     trace_path = Path(options.trace_path)
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     profiler.export_chrome_trace(str(trace_path))
 
     total = timer.total
-    audio_seconds = outputs["wav"].shape[-1] / 24000
+    audio_seconds = clip.seconds
     breakdown = [dict(part=part, seconds=seconds, percent=100 * seconds / total) for part, seconds in stage_breakdown(timer.seconds, ranges.seconds())]
     return dict(
         preset=options.preset,
@@ -268,4 +264,4 @@ def run_profile(options: ProfileOptions) -> dict:
         real_time_factor=total / audio_seconds,
         trace_path=str(trace_path),
         note="times measured under torch.profiler (adds some overhead)",
-    )
+    ), clip

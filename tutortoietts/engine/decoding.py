@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from tutortoietts.engine import limits
+from tutortoietts.engine.timing import NO_INSTRUMENTS, Instruments
 from tutortoietts.errors import UserError
 
 TOP_K = 50  # transformers' GenerationConfig.top_k default, active in every reference generate() call
@@ -105,6 +106,7 @@ def generate_codes(
     top_p: float,
     repetition_penalty: float,
     generator: torch.Generator | None = None,
+    instruments: Instruments = NO_INSTRUMENTS,
 ) -> torch.Tensor:
     """Sample `batch` code rows after the shared prefix (1, P, C): -> (batch, max_new_tokens), stop-padded.
 
@@ -130,7 +132,9 @@ def generate_codes(
             # The code sampled at step-1 enters at cache position P+step (the start code sits at
             # P) and, like in the reference, takes mel position row step+1.
             logits = model.decode_one_token(tokens, input_pos=prefix_length + step, mel_position=step + 1)
-        next_ids = choose_next(logits, seen, **sampling)
+        instruments.decode_step(step)
+        with instruments.range("ar:sampling"):
+            next_ids = choose_next(logits, seen, **sampling)
         next_ids = torch.where(unfinished, next_ids, stop)  # stopped rows keep padding
         codes[:, step] = next_ids
         seen.scatter_(1, next_ids[:, None], True)

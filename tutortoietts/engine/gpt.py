@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from tutortoietts.engine.timing import NO_INSTRUMENTS, Instruments
 from tutortoietts.errors import UserError
 
 STOP_TEXT_TOKEN = 0  # text id the reference appends after the text (also tts()'s own pad value)
@@ -397,6 +398,7 @@ class AutoregressiveModel(nn.Module):
         length_penalty: float = 1.0,
         batch_size: int | None = None,
         generator: torch.Generator | None = None,
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> torch.Tensor:
         """Sample code sequences, as the reference's tts() does: -> (num_samples, max_mel_tokens).
 
@@ -428,6 +430,7 @@ class AutoregressiveModel(nn.Module):
                     top_p=top_p,
                     repetition_penalty=repetition_penalty,
                     generator=generator,
+                    instruments=instruments,
                 )
             )
         return torch.cat(batches, dim=0)

@@ -11,6 +11,7 @@ global RNG. The reference's wav2vec "redaction" of bracketed text is not done.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Callable
 import torch
 
 from tutortoietts.engine import checkpoints
+from tutortoietts.engine.timing import NO_INSTRUMENTS, STAGES, Instruments, StageTimer  # noqa: F401  (STAGES re-exported)
 from tutortoietts.engine.tokenizer import TEXT_TOKEN_LIMIT, Tokenizer, clean
 from tutortoietts.errors import UserError
 
@@ -27,9 +29,9 @@ SAMPLE_RATE = 24000  # the vocoder's output rate
 CONDITIONING_RATE = 22050  # voice clips, and the rate the autoregressive codes were trained at
 MAX_TEXT_TOKENS = 402  # the autoregressive model's text position table (configs: max_text_tokens)
 VOCODER_HOP = 256  # output samples per mel frame
+STOP_MEL_TOKEN = 8193  # the autoregressive model's stop (and pad) code
 RERANK_BATCH = 64  # CLVP scores rows independently; batches only bound memory
 
-from tutortoietts.engine.timing import STAGES  # noqa: E402  (one definition, re-exported)
 Progress = Callable[[str, int, int], None]  # (stage, step, steps)
 
 
@@ -42,6 +44,20 @@ class VoiceLatents:
 
 
 @dataclass
+class ARResult:
+    """What the autoregressive stages leave for the audio stages: every candidate's codes and CLVP
+    score, the chosen candidate and its latents. Device-neutral (CPU, float32/int64), so a cache
+    can store it as is."""
+
+    codes: torch.Tensor  # (n, T) int64: every sampled candidate, fixed up (fix_codes)
+    scores: torch.Tensor  # (n,) CLVP scores, higher is better
+    chosen: int  # row of `codes` the audio stages speak
+    latents: torch.Tensor  # (1, T', d_ar) the chosen candidate's latents, cut where its speech ends
+    stopped: torch.Tensor | None = None  # (n,) bool: the candidate emitted the stop token (None: not recorded)
+    timings: dict[str, float] = field(default_factory=dict, compare=False)  # seconds per stage; never cached
+
+
+@dataclass
 class Clip:
     """One synthesized utterance: mono float32 samples at 24 kHz, the codes spoken, seconds per stage."""
 
@@ -49,6 +65,7 @@ class Clip:
     sample_rate: int = SAMPLE_RATE
     codes: torch.Tensor | None = None  # (T',) the chosen candidate's codes, cut where the audio was cut
     timings: dict[str, float] = field(default_factory=dict)
+    mel: torch.Tensor | None = None  # (1, 100, frames) the denormalised mel the vocoder spoke, when diffused here
 
     @property
     def seconds(self) -> float:
@@ -245,11 +262,10 @@ class Tortoise:
 
     @uses("autoregressive")
     @torch.inference_mode()
-    def sample_codes(self, text_ids: torch.Tensor, voice: VoiceLatents, settings, seed: int) -> torch.Tensor:
-        """num_autoregressive_samples candidate code sequences, fixed up for CLVP and diffusion.
-        -> (num_autoregressive_samples, max_mel_tokens) int64"""
-        from tutortoietts.engine.gpt import fix_codes
-
+    def sample_raw_codes(self, text_ids: torch.Tensor, voice: VoiceLatents, settings, seed: int,
+                         instruments: Instruments = NO_INSTRUMENTS) -> torch.Tensor:
+        """num_autoregressive_samples candidate code sequences as sampled: each row ends in stop
+        tokens if it stopped. -> (num_autoregressive_samples, max_mel_tokens) int64"""
         codes = self.autoregressive.sample(
             voice.autoregressive.to(self.device, self.dtype),
             text_ids.to(self.device),
@@ -261,10 +277,18 @@ class Tortoise:
             length_penalty=settings.length_penalty,
             batch_size=settings.batch_size(),
             generator=self._generator(seed, "autoregressive"),
-        )  # (k, T), stop-token padded
-        codes = fix_codes(codes).long().cpu()
+            instruments=instruments,
+        )  # (k, T)
+        codes = codes.long().cpu()
         release_freed_memory(self.device)
         return codes
+
+    def sample_codes(self, text_ids: torch.Tensor, voice: VoiceLatents, settings, seed: int,
+                     instruments: Instruments = NO_INSTRUMENTS) -> torch.Tensor:
+        """The candidates fixed up for CLVP and diffusion (gpt.fix_codes), as the stage sequence uses them."""
+        from tutortoietts.engine.gpt import fix_codes
+
+        return fix_codes(self.sample_raw_codes(text_ids, voice, settings, seed, instruments))
 
     @uses("clvp")
     @torch.inference_mode()
@@ -338,34 +362,65 @@ class Tortoise:
         release_freed_memory(self.device)
         return wave
 
-    # -- all together --------------------------------------------------------------------------
+    # -- the stage sequence: written once, run by generate, profile and bench alike ----------------
 
-    def synthesize(self, text: str, voice: VoiceLatents, settings, seed: int = 0,
-                   progress: Progress | None = None) -> Clip:
-        """The reference tts() with k=1: sample, rerank, keep the best, latents, trim, diffuse, vocode."""
-        from tutortoietts.engine.timing import StageTimer
+    def autoregressive_stage(self, text: str, voice: VoiceLatents, settings, seed: int = 0,
+                       instruments: Instruments = NO_INSTRUMENTS, progress: Progress | None = None) -> ARResult:
+        """Tokenize, sample candidates, rerank them with CLVP, and take the best one's latents."""
+        from tutortoietts.engine.gpt import fix_codes
 
-        timer = StageTimer(self.device)
         report = progress or (lambda stage, step, steps: None)
+        timer = StageTimer(self.device)
+        both = _Both(timer, instruments)
         text_ids = self.tokenize(text)
-        with timer.stage("autoregressive"):
+        with both.stage("autoregressive"):
             report("autoregressive", 0, 1)
-            codes = self.sample_codes(text_ids, voice, settings, seed)  # (k, T)
-        with timer.stage("rerank"):
+            sampled = self.sample_raw_codes(text_ids, voice, settings, seed, instruments=instruments)  # (k, T)
+            stopped = (sampled == STOP_MEL_TOKEN).any(dim=1)  # (k,) False: ran to max_mel_tokens
+            codes = fix_codes(sampled)
+        with both.stage("rerank"):
             report("rerank", 0, 1)
             scores = self.rerank(text_ids, codes)  # (k,)
-            best = codes[torch.topk(scores, k=1).indices]  # (1, T); topk picks as the reference does
-        with timer.stage("latents"):
+            chosen = int(torch.topk(scores, k=1).indices[0])  # topk picks as the reference does (ties included)
+        with both.stage("latents"):
             report("latents", 0, 1)
-            latents = self.code_latents(text_ids, best, voice)  # (1, T', d)
-        with timer.stage("diffusion"):
-            mel = self.diffuse(latents, voice, settings, seed=seed, progress=progress)  # (1, 100, frames)
-        with timer.stage("vocoder"):
+            latents = self.code_latents(text_ids, codes[chosen : chosen + 1], voice)  # (1, T', d)
+        return ARResult(codes=codes, scores=scores, chosen=chosen, latents=latents, stopped=stopped,
+                        timings=dict(timer.seconds))
+
+    def audio_stage(self, ar: ARResult, voice: VoiceLatents, settings, seed: int = 0,
+              instruments: Instruments = NO_INSTRUMENTS, progress: Progress | None = None) -> Clip:
+        """The chosen candidate's latents to 24 kHz audio: diffusion, then the vocoder."""
+        report = progress or (lambda stage, step, steps: None)
+        timer = StageTimer(self.device)
+        both = _Both(timer, instruments)
+        with both.stage("diffusion"):
+            mel = self.diffuse(ar.latents, voice, settings, seed=seed, progress=progress)  # (1, 100, frames)
+        with both.stage("vocoder"):
             report("vocoder", 0, 1)
             wave = self.vocode(mel, seed=seed)  # (1, 1, samples)
         return Clip(
             samples=wave.reshape(-1),
             sample_rate=SAMPLE_RATE,
-            codes=best[0, : latents.shape[1]],
-            timings=dict(timer.seconds),
+            codes=ar.codes[ar.chosen, : ar.latents.shape[1]],
+            timings={**ar.timings, **timer.seconds},
+            mel=mel,
         )
+
+    def synthesize(self, text: str, voice: VoiceLatents, settings, seed: int = 0,
+                   progress: Progress | None = None, instruments: Instruments = NO_INSTRUMENTS) -> Clip:
+        """The reference tts() with k=1: `autoregressive_stage`, then `audio_stage`."""
+        ar = self.autoregressive_stage(text, voice, settings, seed, instruments=instruments, progress=progress)
+        return self.audio_stage(ar, voice, settings, seed, instruments=instruments, progress=progress)
+
+
+class _Both(Instruments):
+    """The engine's own stage timer and the caller's instruments, entered together."""
+
+    def __init__(self, timer: StageTimer, outer: Instruments):
+        self.timer, self.outer = timer, outer
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        with self.outer.stage(name), self.timer.stage(name):
+            yield

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-# The engine's stages, in the order a synthesis runs them (Tortoise.autoregressive, then Tortoise.audio).
+# The engine's stages, in the order a synthesis runs them (Tortoise.autoregressive_stage, then Tortoise.audio_stage).
 STAGES = ("autoregressive", "rerank", "latents", "diffusion", "vocoder")
 
 
@@ -22,13 +22,34 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+class Instruments:
+    """What a caller (bench, profile, a renderer) may observe inside the engine, passed in as an
+    argument: the engine calls these at fixed points and never gets patched. This base does nothing."""
+
+    def stage(self, name: str):
+        """Context around one whole stage (see STAGES)."""
+        return contextlib.nullcontext()
+
+    def range(self, name: str):
+        """Context around a named part of a stage (e.g. "ar:sampling", the logit processing of one step)."""
+        return contextlib.nullcontext()
+
+    def decode_step(self, step: int) -> None:
+        """Called once per sampled code position of the autoregressive loop (step 0: the prefill's)."""
+
+
+NO_INSTRUMENTS = Instruments()
+
+
 @dataclass
-class StageTimer:
-    """Wall-clock seconds per named stage, summed over repeats; each stage is also a profiler range."""
+class StageTimer(Instruments):
+    """Wall-clock seconds per named stage, summed over repeats, and the decode steps run; each stage
+    is also a profiler range."""
 
     device: torch.device | str = "cpu"
     seconds: dict[str, float] = field(default_factory=dict)
     current: str | None = None  # the stage running now, so sub-ranges know whose they are
+    decode_steps: int = 0
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -43,6 +64,9 @@ class StageTimer:
         finally:
             self.current = None
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def decode_step(self, step: int) -> None:
+        self.decode_steps += 1
 
     @property
     def total(self) -> float:
