@@ -223,7 +223,7 @@ def test_download_calls_hub_per_file(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch)
     monkeypatch.setattr(checkpoints, "hub_sha256", lambda name: hashlib.sha256(name.encode()).hexdigest())
     checkpoints.download(tmp_path)
-    assert [c["filename"] for c in calls] == list(FILES.values())
+    assert [c["filename"] for c in calls] == list(checkpoints.ALL_FILES.values())  # the six, then hifidecoder.pth
     assert all(c["repo_id"] == "Manmay/tortoise-tts" and c["local_dir"] == tmp_path for c in calls)
 
 

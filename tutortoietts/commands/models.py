@@ -18,7 +18,7 @@ console = Console()
 
 @app.command()
 def download(models_dir: ModelsDir = None) -> None:
-    """Download the six official checkpoint files (about 3 GB) from Hugging Face; resumes if interrupted."""
+    """Download the six official checkpoint files and hifidecoder.pth (about 3 GB) from Hugging Face; resumes if interrupted."""
     from tutortoietts.engine import checkpoints
 
     target = checkpoints.download(models_dir)
@@ -27,11 +27,11 @@ def download(models_dir: ModelsDir = None) -> None:
 
 @app.command("init-random")
 def init_random(
-    directory: Annotated[Path, typer.Argument(help="Folder to write the six .pth files and tortoise-config.json into.")],
+    directory: Annotated[Path, typer.Argument(help="Folder to write the seven .pth files (hifidecoder.pth included) and tortoise-config.json into.")],
     config: Annotated[str, typer.Option("--config", help="Network sizes: tiny (tests, seconds on a CPU) or full (official).")] = "tiny",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights.")] = 0,
 ) -> None:
-    """Write a random-weight checkpoint set in the official format (for tests and offline smoke runs)."""
+    """Write a random-weight checkpoint set in the official format, hifidecoder.pth included (for tests and offline smoke runs)."""
     from tutortoietts.engine import checkpoints
 
     folder = checkpoints.write_random_checkpoints(directory, config, seed=seed)
@@ -52,6 +52,9 @@ def where(models_dir: ModelsDir = None) -> None:
     table.add_column("size", justify="right")
     for name in checkpoints.FILES.values():
         table.add_row(name, f"{(folder / name).stat().st_size / 2**20:,.1f} MiB")
+    for name in checkpoints.OPTIONAL_FILES.values():  # only the hifi decoder needs it
+        present = (folder / name).is_file()
+        table.add_row(name, f"{(folder / name).stat().st_size / 2**20:,.1f} MiB" if present else "absent (optional: decoder hifi)")
     console.print(table)
     config = checkpoints.read_config(folder)
     named = next((name for name, sizes in configs.NAMED.items() if configs.resolve(sizes) == config), None)

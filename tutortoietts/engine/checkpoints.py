@@ -23,7 +23,10 @@ from tutortoietts.engine import configs
 from tutortoietts.errors import UserError
 from tutortoietts.paths import cache_dir
 
-FILES = {stem: stem + ".pth" for stem in configs.STEMS}
+FILES = {stem: stem + ".pth" for stem in configs.STEMS}  # the six every synthesis needs
+# Loaded only when asked for (the hifi decoder): a set without them is complete for diffusion.
+OPTIONAL_FILES = {stem: stem + ".pth" for stem in configs.OPTIONAL_STEMS}
+ALL_FILES = {**FILES, **OPTIONAL_FILES}
 CONFIG_FILE = "tortoise-config.json"
 HF_REPO = "Manmay/tortoise-tts"  # where the reference's get_model_path downloads from
 DEFAULT_MODELS_DIR = Path.home() / ".cache" / "tortoise" / "models"
@@ -41,12 +44,17 @@ NETWORKS = {
     "vocoder": ("tutortoietts.engine.vocoder", "UnivNet"),
     "rlg_auto": ("tutortoietts.engine.rlg", "RandomLatentGenerator"),
     "rlg_diffuser": ("tutortoietts.engine.rlg", "RandomLatentGenerator"),
+    "hifidecoder": ("tutortoietts.engine.hifigan", "HifiganGenerator"),
 }
 
 # The official autoregressive.pth was saved by a transformers version that still stored GPT-2's
 # causal-mask buffers; they are constants, not weights (the reference loads that file with
 # strict=False for this reason). We accept exactly these and nothing else.
 IGNORED_KEYS = {"autoregressive": re.compile(r"gpt\.h\.\d+\.attn\.(bias|masked_bias)")}
+# hifidecoder.pth: api_fast.py loads it with strict=False too, but no key there needs that
+# tolerance: the file is a flat state dict of exactly HifiganGenerator's keys (weight-norm
+# weight_g / weight_v, cond_layer), which other loaders of the same file read with strict=True.
+# A key strict=False let through missing would leave a random weight behind, so none is ignored.
 
 
 # --- finding the files ----------------------------------------------------------------------
@@ -118,6 +126,26 @@ def verify_checkpoints(folder: Path) -> None:
 def _verified(path: str, size: int, mtime_ns: int) -> bool:
     load_state_dict_file(path)  # raises a UserError; failures are not memoised
     return True
+
+
+def require_optional(folder, stem: str) -> Path:
+    """The path of an optional network's file (OPTIONAL_FILES) beside the six, checked like them;
+    a one-line UserError when it is missing or unreadable. Called only when that network is asked for."""
+    path = Path(folder) / OPTIONAL_FILES[stem]
+    if not path.is_file():
+        raise UserError(
+            f"{path.name} not found in {Path(folder)}: the hifi decoder (decoder = \"hifi\", presets realtime and "
+            f"fast_hifi) needs it, the diffusion presets do not; run `tutortoietts models download`"
+        )
+    info = path.stat()
+    _verified(str(path), info.st_size, info.st_mtime_ns)
+    return path
+
+
+def optional_fingerprint(folder, stem: str) -> str:
+    """weights_fingerprint of one optional file with the config: what its stage's cache keys hold,
+    so that adding or replacing it leaves the six files' keys (the autoregressive tier) alone."""
+    return weights_fingerprint(folder, [OPTIONAL_FILES[stem], CONFIG_FILE])
 
 
 # --- config and state dicts -----------------------------------------------------------------
@@ -243,7 +271,7 @@ def check_state_dict(stem: str, expected: dict[str, torch.Tensor], found: dict[s
         problems.append("shape mismatch: " + _describe(mismatched, 2))
     if problems:
         raise UserError(
-            f"{FILES[stem]}: {' / '.join(problems)} (is this an official Tortoise checkpoint? "
+            f"{ALL_FILES[stem]}: {' / '.join(problems)} (is this an official Tortoise checkpoint? "
             f"does {CONFIG_FILE} match?)"
         )
 
@@ -283,7 +311,7 @@ def load_network(stem: str, models_dir, config: dict[str, dict] | None = None, d
     """
     models_dir = Path(models_dir)
     config = read_config(models_dir) if config is None else config
-    path = models_dir / FILES[stem]
+    path = models_dir / ALL_FILES[stem]
     copy = converted_copy(path, dtype) if torch.device(device).type == "cpu" and dtype != torch.float32 else None
     if copy is not None and copy.exists():
         net = _load_strictly(stem, config, load_state_dict_file(copy))
@@ -357,7 +385,8 @@ def random_state_dict(stem: str, config: dict[str, dict], seed: int = 0) -> dict
 
 
 def write_random_checkpoints(models_dir, config: str | dict = "tiny", seed: int = 0) -> Path:
-    """All six files in the official format, random weights, plus tortoise-config.json. -> the folder"""
+    """All seven files (the six and hifidecoder.pth) in the official format, random weights, plus
+    tortoise-config.json. -> the folder"""
     if isinstance(config, str):
         if config not in configs.NAMED:
             raise UserError(f"unknown config {config!r}: expected one of {', '.join(configs.NAMED)}")
@@ -367,7 +396,7 @@ def write_random_checkpoints(models_dir, config: str | dict = "tiny", seed: int 
     resolved = configs.resolve(overrides)
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    for stem, filename in FILES.items():
+    for stem, filename in ALL_FILES.items():
         state = random_state_dict(stem, resolved, seed)
         payload = {"model_g": state} if stem == "vocoder" else state  # vocoder.pth is a training checkpoint
         torch.save(payload, models_dir / filename)
@@ -400,15 +429,16 @@ def _fingerprint(folder: str, stats: tuple) -> str:
     return digest.hexdigest()[:16]
 
 
-def weights_fingerprint(models_dir) -> str:
+def weights_fingerprint(models_dir, names=None) -> str:
     """A cheap, stable id of the weights (sizes and the first and last MiB of each file, plus the config).
 
     Recomputed only when a file's size or modification time changes (the memo is keyed on them),
     so cache keys can call it freely. The folder's path is not hashed: copied weights keep their caches.
+    `names`: other files than the six and the config (optional_fingerprint).
     """
     folder = Path(models_dir).resolve()
     stats = []
-    for name in [*FILES.values(), CONFIG_FILE]:
+    for name in names or [*FILES.values(), CONFIG_FILE]:
         try:
             info = (folder / name).stat()
             stats.append((name, info.st_size, info.st_mtime_ns))
@@ -418,7 +448,8 @@ def weights_fingerprint(models_dir) -> str:
 
 
 def download(models_dir=None) -> Path:
-    """Fetch the six files from Hugging Face into models_dir (resumes partial downloads, shows progress)."""
+    """Fetch the six files and hifidecoder.pth from Hugging Face into models_dir (resumes partial
+    downloads, shows progress)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import logging as hf_logging
 
@@ -429,7 +460,7 @@ def download(models_dir=None) -> Path:
         Path(os.environ["TORTOISE_MODELS_DIR"]).expanduser() if os.environ.get("TORTOISE_MODELS_DIR") else DEFAULT_MODELS_DIR
     )
     target.mkdir(parents=True, exist_ok=True)
-    for filename in FILES.values():
+    for filename in ALL_FILES.values():
         try:
             path = Path(hf_hub_download(repo_id=HF_REPO, filename=filename, local_dir=target))
             expected = hub_sha256(filename)

@@ -32,6 +32,12 @@ FULL: dict[str, dict] = {
     "vocoder": dict(),  # UnivNetGenerator's defaults are the official size
     "rlg_auto": dict(channels=1024),  # = autoregressive model_dim
     "rlg_diffuser": dict(channels=2048),  # = 2 x diffusion model_channels
+    # Optional (OPTIONAL_STEMS): the HiFi decoder, as tortoise-tts 3.0.0's api_fast.py builds it.
+    "hifidecoder": dict(
+        in_channels=1024, out_channels=1, resblock_type="1", resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+        resblock_kernel_sizes=[3, 7, 11], upsample_kernel_sizes=[16, 16, 4, 4], upsample_initial_channel=512,
+        upsample_factors=[8, 8, 2, 2], cond_channels=1024,  # in and cond = autoregressive model_dim
+    ),
 }
 
 # Same structure, every width and depth shrunk so a whole synthesis runs in seconds on a CPU.
@@ -55,10 +61,17 @@ TINY: dict[str, dict] = {
     "vocoder": dict(noise_dim=16, channel_size=8),
     "rlg_auto": dict(channels=64),
     "rlg_diffuser": dict(channels=128),
+    "hifidecoder": dict(
+        in_channels=64, out_channels=1, resblock_type="1", resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+        resblock_kernel_sizes=[3, 7, 11], upsample_kernel_sizes=[16, 16, 4, 4], upsample_initial_channel=32,
+        upsample_factors=[8, 8, 2, 2], cond_channels=64,  # upsampling must still make 256 samples per frame
+    ),
 }
 
 NAMED = {"full": FULL, "tiny": TINY}
-STEMS = tuple(FULL)
+# Networks loaded only when asked for (the fast decoder): the diffusion path never needs their files.
+OPTIONAL_STEMS = ("hifidecoder",)
+STEMS = tuple(stem for stem in FULL if stem not in OPTIONAL_STEMS)  # the six every synthesis needs
 
 
 def resolve(overrides: dict | None = None) -> dict[str, dict]:
@@ -66,6 +79,6 @@ def resolve(overrides: dict | None = None) -> dict[str, dict]:
     config = copy.deepcopy(FULL)
     for stem, kwargs in (overrides or {}).items():
         if stem not in config:
-            raise ValueError(f"unknown network {stem!r} in tortoise-config.json (expected one of {', '.join(STEMS)})")
+            raise ValueError(f"unknown network {stem!r} in tortoise-config.json (expected one of {', '.join(STEMS + OPTIONAL_STEMS)})")
         config[stem].update(kwargs)
     return config
