@@ -291,3 +291,100 @@ def test_config_names_the_optional_network():
     assert checkpoints.ALL_FILES == {**checkpoints.FILES, "hifidecoder": "hifidecoder.pth"}
     resolved = configs.resolve({"hifidecoder": {"upsample_initial_channel": 64}})
     assert resolved["hifidecoder"]["upsample_initial_channel"] == 64
+
+
+# --- the latents api_fast feeds the decoder ---------------------------------------------------------
+
+
+def stream_reference(reference, cond, text, *, kv_cache: bool, seed: int, forced: torch.Tensor | None = None, **sampling):
+    """api_fast.tts_stream's autoregressive half: compute_embeddings, then get_generator's (code, latent)
+    per step until it stops. `forced` makes it emit those codes (a logits processor), whatever it samples.
+    -> codes (n,), latents (n, C): what tts_stream concatenates and hands hifi_decoder.inference."""
+    from tortoise.models.stream_generator import init_stream_support
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    init_stream_support()  # what importing api_fast does
+    reference.post_init_gpt2_config(kv_cache=kv_cache)
+    fake_inputs = reference.compute_embeddings(cond, F.pad(text, (0, 1)))  # tts_stream pads the text first
+
+    class Force(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            step = input_ids.shape[1] - fake_inputs.shape[1]
+            keep = torch.full_like(scores, float("-inf"))
+            keep[:, forced[step]] = 0.0
+            return keep
+
+    extra = {"logits_processor": LogitsProcessorList([Force()])} if forced is not None else {}
+    codes, latents = [], []
+    with torch.no_grad():
+        for code, latent in reference.get_generator(
+            fake_inputs=fake_inputs, top_k=50, do_sample=True, num_beams=1, num_return_sequences=1,
+            length_penalty=1.0, output_attentions=False, output_hidden_states=True,
+            seed=seed,  # its generate() seeds the global RNG itself (torch.manual_seed(seed), 0 by default)
+            **sampling, **extra,
+        ):
+            codes.append(code)
+            latents.append(latent)
+    return torch.cat(codes), torch.cat(latents)
+
+
+@pytest.fixture(scope="module")
+def gpt_pair():
+    from tests.test_gpt_parity import build_pair
+
+    return build_pair(stop_bias=6.0)  # random weights that stop within a few dozen codes
+
+
+def test_streamed_latents_match_reference_stream_generator(gpt_pair):
+    """With its KV cache on (read_fast.py's and do_tts.py's default), the reference's stream generator
+    yields, per step, the code and the latent it came from. Ours, same seed: the same codes, the
+    same latents through sample(on_step=...), and the same again recomputed from the codes alone
+    (latents(sampling_positions=True)), which is what the hifi path decodes."""
+    from tests.test_gpt_parity import DIM, STOP
+
+    reference, ours = gpt_pair
+    generator = torch.Generator().manual_seed(20)
+    cond = torch.randn(1, DIM, generator=generator)
+    text = torch.randint(1, 255, (1, 11), generator=generator)
+    sampling = dict(temperature=0.8, top_p=0.8, repetition_penalty=2.0)
+    theirs_codes, theirs_latents = stream_reference(reference, cond, text, kv_cache=True, seed=21, **sampling)
+    n = theirs_codes.shape[0]
+    assert theirs_codes[-1] == STOP and 3 < n < 200, n  # it stopped on its own
+
+    steps = []
+    codes = ours.sample(cond, text, num_samples=1, max_mel_tokens=300, length_penalty=1.0,
+                        generator=torch.Generator().manual_seed(21), on_step=lambda s, c, l: steps.append((s, c, l)), **sampling)
+    assert torch.equal(codes[0, :n], theirs_codes) and bool((codes[0, n:] == STOP).all())
+    assert [s for s, _, _ in steps] == list(range(n))
+    streamed = torch.cat([latent for _, _, latent in steps])  # (n, C)
+    diff, scale = report("streamed latents vs reference stream generator", streamed, theirs_latents)
+    assert diff <= 1e-4 * scale
+    recomputed = ours.latents(cond, text, codes[:, :n], sampling_positions=True)[0]
+    diff, scale = report("latents(sampling_positions) vs reference stream generator", recomputed, theirs_latents)
+    assert diff <= 1e-4 * scale
+    # The training layout (diffusion's latents) is a different tensor: the positions matter.
+    assert (ours.latents(cond, text, codes[:, :n])[0] - theirs_latents).abs().max() > 1e-2 * scale
+
+
+def test_reference_stream_without_kv_cache_feeds_training_layout(gpt_pair):
+    """api_fast's TextToSpeech defaults to kv_cache=False; then (and in its non-streaming tts()) the
+    decoder gets the training layout's latents, our latents() without sampling_positions. Forced
+    to the same codes, since that path samples from other logits."""
+    from tests.test_gpt_parity import DIM
+
+    reference, ours = gpt_pair
+    generator = torch.Generator().manual_seed(22)
+    cond = torch.randn(1, DIM, generator=generator)
+    text = torch.randint(1, 255, (1, 7), generator=generator)
+    forced = torch.randint(0, 8192, (12,), generator=generator)
+    forced[-1] = 8193
+    sampling = dict(temperature=0.8, top_p=0.8, repetition_penalty=2.0)
+    theirs_codes, theirs_latents = stream_reference(reference, cond, text, kv_cache=False, seed=23, forced=forced, **sampling)
+    assert torch.equal(theirs_codes, forced)
+    mine = ours.latents(cond, text, forced[None])[0]
+    diff, scale = report("latents (training layout) vs reference stream generator without KV cache", mine, theirs_latents)
+    assert diff <= 1e-4 * scale
+    # With its cache on, the same forced codes give the sampling layout.
+    _, cached = stream_reference(reference, cond, text, kv_cache=True, seed=23, forced=forced, **sampling)
+    diff, scale = report("latents (sampling layout) vs reference stream generator, forced codes", ours.latents(cond, text, forced[None], sampling_positions=True)[0], cached)
+    assert diff <= 1e-4 * scale

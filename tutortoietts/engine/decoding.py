@@ -22,6 +22,8 @@ does.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from tutortoietts.engine import limits
@@ -107,11 +109,16 @@ def generate_codes(
     repetition_penalty: float,
     generator: torch.Generator | None = None,
     instruments: Instruments = NO_INSTRUMENTS,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Sample `batch` code rows after the shared prefix (1, P, C): -> (batch, max_new_tokens), stop-padded.
 
     The prefix is run once at batch 1 and its keys and values copied to every cache row; from
     then on one decode call per code, the cache written in place.
+
+    on_step(step, codes (B,), latents (B, C)) is called after each step with the codes just drawn
+    (stop-padded rows included) and the latents they were drawn from: the model's last hidden state
+    after final_norm, as the reference's stream generator yields them. It may raise to stop the loop.
     """
     stop = model.stop_mel_token
     prefix_length = prefix.shape[1]
@@ -126,12 +133,20 @@ def generate_codes(
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     sampling = dict(temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, generator=generator)
 
-    logits = model.prefill(prefix).repeat(batch, 1)  # (B, V): every row starts from the same prefix
+    if on_step is None:
+        logits = model.prefill(prefix).repeat(batch, 1)  # (B, V): every row starts from the same prefix
+    else:
+        latents = model.prefill_latent(prefix).repeat(batch, 1)  # (B, C)
+        logits = model.latent_logits(latents)
     for step in range(max_new_tokens):
         if step > 0:
             # The code sampled at step-1 enters at cache position P+step (the start code sits at
             # P) and, like in the reference, takes mel position row step+1.
-            logits = model.decode_one_token(tokens, input_pos=prefix_length + step, mel_position=step + 1)
+            if on_step is None:
+                logits = model.decode_one_token(tokens, input_pos=prefix_length + step, mel_position=step + 1)
+            else:
+                latents = model.decode_latent(tokens, input_pos=prefix_length + step, mel_position=step + 1)
+                logits = model.latent_logits(latents)
         instruments.decode_step(step)
         with instruments.range("ar:sampling"):
             next_ids = choose_next(logits, seen, **sampling)
@@ -139,6 +154,8 @@ def generate_codes(
         codes[:, step] = next_ids
         seen.scatter_(1, next_ids[:, None], True)
         unfinished &= next_ids != stop
+        if on_step is not None:
+            on_step(step, next_ids, latents)
         # One host sync per step, as in the reference: an extra step would draw extra random
         # numbers and shift the stream of the next batch.
         if not unfinished.any():

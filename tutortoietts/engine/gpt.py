@@ -328,11 +328,16 @@ class AutoregressiveModel(nn.Module):
     # -- latents for the diffusion decoder ------------------------------------------------------
 
     @torch.no_grad()
-    def latents(self, cond: torch.Tensor, text_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def latents(self, cond: torch.Tensor, text_ids: torch.Tensor, codes: torch.Tensor,
+                sampling_positions: bool = False) -> torch.Tensor:
         """Last hidden states (after final_norm) at each code's input position: -> (k, T, C).
 
         The reference feeds [start, codes..., stop] and drops the last two outputs; the model is
         causal, so feeding only [start, codes[:-1]] gives the same T states for two fewer tokens.
+        sampling_positions: give the inputs the mel positions the cached sampling loop gives them
+        (0 for the start code, then 2, 3, ...; see decoding.py) instead of the training layout
+        (0, 1, 2, ...). Those are the latents sample(on_step=...) reports as it goes, and what the
+        reference's stream generator hands api_fast's HiFi decoder (with its kv_cache on).
         """
         count, length = codes.shape
         if length + 1 > self.mel_pos_embedding.rows:
@@ -340,7 +345,10 @@ class AutoregressiveModel(nn.Module):
         device = self.mel_embedding.weight.device
         prefix = self.embed_prefix(cond.to(device), text_ids.to(device))  # (1, P, C)
         mel_inputs = F.pad(codes[:, :-1].to(device).long(), (1, 0), value=self.start_mel_token)  # (k, T)
-        mel_emb = self.mel_embedding(mel_inputs) + self.mel_pos_embedding.emb.weight[:length]  # (k, T, C)
+        positions = torch.arange(length, device=device)
+        if sampling_positions:
+            positions = positions + (positions > 0)  # 0, 2, 3, ..., length
+        mel_emb = self.mel_embedding(mel_inputs) + self.mel_pos_embedding.emb.weight[positions]  # (k, T, C)
         x = torch.cat([prefix.expand(count, -1, -1), mel_emb], dim=1)  # (k, P + T, C)
         hidden = self.gpt(x)
         return self.final_norm(hidden[:, -length:])
@@ -384,6 +392,29 @@ class AutoregressiveModel(nn.Module):
             hidden = self.gpt(x, input_pos=input_pos)
         return self.mel_logits(hidden[:, -1])
 
+    # The same steps with the latents they produce (the hidden state after final_norm, before the
+    # head), for a loop that reports them (decoding.generate_codes's on_step): prefill and
+    # decode_one_token stop at the logits so a compiled or speculative step stays what it is.
+
+    def prefill_latent(self, prefix: torch.Tensor) -> torch.Tensor:
+        """prefill's pass, stopped before the head: (1, P, C) -> the start code's latent (1, C)."""
+        start = torch.tensor([[self.start_mel_token]], device=prefix.device)
+        start_emb = self.mel_embedding(start) + self.mel_pos_embedding.emb.weight[0]  # (1, 1, C)
+        with sdpa_kernel(DECODE_ATTENTION):
+            hidden = self.gpt(torch.cat([prefix, start_emb], dim=1), input_pos=0)  # (1, P + 1, C)
+        return self.final_norm(hidden[:, -1])
+
+    def decode_latent(self, tokens: torch.Tensor, input_pos: int, mel_position: int) -> torch.Tensor:
+        """decode_one_token's pass, stopped before the head: tokens (B, 1) -> latents (B, C)."""
+        x = self.mel_embedding(tokens) + self.mel_pos_embedding.emb.weight[mel_position]  # (B, 1, C)
+        with sdpa_kernel(DECODE_ATTENTION):
+            hidden = self.gpt(x, input_pos=input_pos)
+        return self.final_norm(hidden[:, -1])
+
+    def latent_logits(self, latents: torch.Tensor) -> torch.Tensor:
+        """Next-code logits in fp32 from latents (..., C): mel_logits without its final_norm."""
+        return self.mel_head(latents).float()
+
     @torch.no_grad()
     def sample(
         self,
@@ -399,8 +430,12 @@ class AutoregressiveModel(nn.Module):
         batch_size: int | None = None,
         generator: torch.Generator | None = None,
         instruments: Instruments = NO_INSTRUMENTS,
+        on_step=None,
     ) -> torch.Tensor:
         """Sample code sequences, as the reference's tts() does: -> (num_samples, max_mel_tokens).
+
+        on_step(step, codes (B,), latents (B, C)), if given, hears every step of every batch in
+        turn (see decoding.generate_codes): how streaming takes codes and latents as they come.
 
         Each row stops at the stop token and is padded with it to max_mel_tokens. Batches of
         `batch_size` (all at once by default) run one after another, drawing from `generator`;
@@ -431,6 +466,7 @@ class AutoregressiveModel(nn.Module):
                     repetition_penalty=repetition_penalty,
                     generator=generator,
                     instruments=instruments,
+                    on_step=on_step,
                 )
             )
         return torch.cat(batches, dim=0)
