@@ -25,9 +25,9 @@ import torch
 
 from tutortoietts.errors import UserError
 from tutortoietts.devtools.profiling import autoregressive_network, measure_bandwidth
+from tutortoietts.engine.limits import CONDITIONING_SAMPLE_RATE, SAMPLE_RATE
 from tutortoietts.engine.timing import STAGES, StageTimer, peak_memory_bytes
 
-SAMPLE_RATE = 24000
 DEFAULT_TEXT = (
     "The old lighthouse keeper climbed the stairs each evening, counting every step, "
     "and lit the lamp before the fog rolled in."
@@ -142,7 +142,7 @@ def make_probe(options: BenchOptions, config: dict[str, dict]) -> dict:
     channels = config["diffusion_decoder"]["model_channels"]
     noise_dim = config["vocoder"].get("noise_dim", 64)
     probe_length = min(options.code_length, 48)
-    frames = probe_length * 4 * 24000 // 22050
+    frames = probe_length * 4 * SAMPLE_RATE // CONDITIONING_SAMPLE_RATE
     return dict(
         text_ids=text_ids,
         auto_latent=torch.randn(1, d_ar, generator=generator),  # (1, d_ar)

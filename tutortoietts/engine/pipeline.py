@@ -21,13 +21,11 @@ from typing import Callable
 import torch
 
 from tutortoietts.engine import checkpoints
-from tutortoietts.engine.timing import NO_INSTRUMENTS, STAGES, Instruments, StageTimer  # noqa: F401  (STAGES re-exported)
+from tutortoietts.engine.limits import MAX_TEXT_TOKENS, SAMPLE_RATE
+from tutortoietts.engine.timing import NO_INSTRUMENTS, STAGES, Instruments, StageTimer  # noqa: F401  (STAGES for callers)
 from tutortoietts.engine.tokenizer import TEXT_TOKEN_LIMIT, Tokenizer, clean
 from tutortoietts.errors import UserError
 
-SAMPLE_RATE = 24000  # the vocoder's output rate
-CONDITIONING_RATE = 22050  # voice clips, and the rate the autoregressive codes were trained at
-MAX_TEXT_TOKENS = 402  # the autoregressive model's text position table (configs: max_text_tokens)
 VOCODER_HOP = 256  # output samples per mel frame
 STOP_MEL_TOKEN = 8193  # the autoregressive model's stop (and pad) code
 RERANK_BATCH = 64  # CLVP scores rows independently; batches only bound memory
