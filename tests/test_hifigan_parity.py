@@ -388,3 +388,37 @@ def test_reference_stream_without_kv_cache_feeds_training_layout(gpt_pair):
     _, cached = stream_reference(reference, cond, text, kv_cache=True, seed=23, forced=forced, **sampling)
     diff, scale = report("latents (sampling layout) vs reference stream generator, forced codes", ours.latents(cond, text, forced[None], sampling_positions=True)[0], cached)
     assert diff <= 1e-4 * scale
+
+
+# --- settings and cache keys ----------------------------------------------------------------------
+
+
+def test_decoder_setting_and_presets():
+    from tutortoietts.settings import load_preset
+
+    realtime, fast_hifi, v2 = load_preset("realtime"), load_preset("fast_hifi"), load_preset("ultra_fast_v2")
+    assert realtime.decoder == fast_hifi.decoder == "hifi" and v2.decoder == "diffusion"
+    assert realtime.num_autoregressive_samples == 1 and 1 < fast_hifi.num_autoregressive_samples <= 8
+    sampling = ("temperature", "top_p", "repetition_penalty", "length_penalty", "max_mel_tokens", "precision")
+    assert all(getattr(realtime, name) == getattr(v2, name) == getattr(fast_hifi, name) for name in sampling)
+    with pytest.raises(UserError, match="setting decoder = 'vocoder' is out of range: it must be one of diffusion, hifi"):
+        load_preset("realtime", decoder="vocoder")
+
+
+def test_cache_keys_share_the_autoregressive_tier():
+    from tutortoietts.cache import ar_key, audio_key
+    from tutortoietts.settings import load_preset
+
+    v2 = load_preset("ultra_fast_v2")
+    hifi = v2.replace(decoder="hifi")
+    assert ar_key("Hello.", "voice", hifi, 1, "w") == ar_key("Hello.", "voice", v2, 1, "w")  # the codes are shared
+    ar = ar_key("Hello.", "voice", v2, 1, "w")
+    assert audio_key(ar, hifi, "h") != audio_key(ar, v2)
+    assert audio_key(ar, hifi, "h") != audio_key(ar, hifi, "h2")  # another hifidecoder.pth, other audio
+    # No diffusion setting changes hifi audio; a diffusion key is what it was before `decoder` existed.
+    assert audio_key(ar, hifi.replace(diffusion_iterations=40, sampler="ddim"), "h") == audio_key(ar, hifi, "h")
+    from tutortoietts.cache import digest
+
+    assert audio_key(ar, v2) == digest({"stage": "audio", "ar": ar, "settings": v2.diffusion_fields()})
+    # The realtime preset's codes are ultra_fast_v2's at one candidate.
+    assert ar_key("Hi.", "v", load_preset("realtime"), 1, "w") == ar_key("Hi.", "v", v2.replace(num_autoregressive_samples=1), 1, "w")

@@ -11,7 +11,7 @@ import pytest
 
 from tutortoietts.errors import UserError
 from tutortoietts.settings import (
-    AUTOREGRESSIVE_FIELDS, DIFFUSION_FIELDS, FIELD_NAMES, Settings, load_preset, preset_names,
+    AUTOREGRESSIVE_FIELDS, DIFFUSION_FIELDS, FIELD_NAMES, HIFI_FIELDS, Settings, load_preset, preset_names,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_settings_names_are_reference_keywords():
     from tortoise import api
 
     keywords = set(inspect.signature(api.TextToSpeech.tts).parameters)
-    ours_only = {"sampler", "precision", "autoregressive_batch_size"}
+    ours_only = {"sampler", "precision", "autoregressive_batch_size", "decoder"}
     assert set(FIELD_NAMES) - ours_only <= keywords
 
 
@@ -100,7 +100,7 @@ def test_overrides_and_frozen():
 
 def test_stage_fields_split():
     settings = load_preset("standard")
-    assert set(AUTOREGRESSIVE_FIELDS) | set(DIFFUSION_FIELDS) == set(FIELD_NAMES)
+    assert set(AUTOREGRESSIVE_FIELDS) | set(DIFFUSION_FIELDS) | set(HIFI_FIELDS) == set(FIELD_NAMES)
     assert settings.replace(autoregressive_batch_size=4).autoregressive_fields() != settings.autoregressive_fields()
     assert settings.batch_size() == 16 and load_preset("ultra_fast_v2").batch_size() == 8
     changed = settings.replace(diffusion_iterations=7, sampler="ddim", cond_free_k=1.0)

@@ -62,9 +62,16 @@ def ar_key(text: str, voice_fp: str, settings, seed: int, weights_fp: str, engin
     )
 
 
-def audio_key(ar: str, settings) -> str:
-    """Key of a chunk's audio: its AR key (all upstream inputs) plus what diffusion and vocoder read."""
-    return digest({"stage": "audio", "ar": ar, "settings": settings.diffusion_fields()})
+def audio_key(ar: str, settings, decoder_fp: str | None = None) -> str:
+    """Key of a chunk's audio: its AR key (all upstream inputs) plus what the audio stage reads.
+
+    decoder_fp: the fingerprint of an optional decoder's weights (hifidecoder.pth) when the
+    settings use it; the AR key holds the six files' only.
+    """
+    payload = {"stage": "audio", "ar": ar, "settings": settings.audio_fields()}
+    if decoder_fp is not None:
+        payload["decoder_weights"] = decoder_fp
+    return digest(payload)
 
 
 # ---------------------------------------------------------------- values

@@ -26,6 +26,9 @@ DEFAULT_AUTOREGRESSIVE_BATCH = 16
 DIFFUSION_FIELDS = (
     "diffusion_iterations", "cond_free", "cond_free_k", "diffusion_temperature", "sampler", "precision",
 )
+# With the hifi decoder the audio depends on no diffusion setting; with "diffusion" the audio
+# stage's fields stay DIFFUSION_FIELDS alone, so keys made before `decoder` existed still match.
+HIFI_FIELDS = ("decoder", "precision")
 
 BUILTIN_PRESETS = Path(__file__).with_name("presets.toml")
 
@@ -50,6 +53,9 @@ class Settings:
     cond_free_k: float = 2.0  # out = cond * (k + 1) - uncond * k
     diffusion_temperature: float = 1.0  # scale of the starting noise
     sampler: str = "ddpm"
+    # Latents to audio: "diffusion" (the diffusion model, then the vocoder) or "hifi" (Tortoise
+    # 3.0's HiFi decoder: no diffusion, much faster, streams; needs hifidecoder.pth).
+    decoder: str = "diffusion"
     # Performance.
     precision: str = "fp32"
     autoregressive_batch_size: int = 0  # 0 = DEFAULT_AUTOREGRESSIVE_BATCH (16) samples per batch
@@ -84,6 +90,12 @@ class Settings:
     def diffusion_fields(self) -> dict:
         """The values the diffusion stage depends on."""
         return {name: getattr(self, name) for name in DIFFUSION_FIELDS}
+
+    def audio_fields(self) -> dict:
+        """The values the audio stage depends on: diffusion's, or the hifi decoder's (HIFI_FIELDS)."""
+        if self.decoder == "hifi":
+            return {name: getattr(self, name) for name in HIFI_FIELDS}
+        return self.diffusion_fields()
 
 
 FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Settings))

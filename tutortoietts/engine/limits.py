@@ -30,6 +30,8 @@ MIN_DIFFUSION_STEPS = 2
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m")  # the reference's sampler, DDIM, DPM-Solver++(2M)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # what each means on a device: pipeline.resolve_precision
+# Latents to audio: the diffusion decoder and vocoder (tts()), or Tortoise 3.0's HiFi decoder (api_fast).
+DECODERS = ("diffusion", "hifi")
 
 
 class Rule(NamedTuple):
@@ -58,6 +60,7 @@ RULES: dict[str, Rule] = {
     "sampler": Rule(lambda v: v in SAMPLER_NAMES, "one of " + ", ".join(SAMPLER_NAMES)),
     "precision": Rule(lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
     "autoregressive_batch_size": Rule(lambda v: v >= 0, "0 (the default, 16) or more"),
+    "decoder": Rule(lambda v: v in DECODERS, "one of " + ", ".join(DECODERS)),
 }
 
 
