@@ -118,9 +118,9 @@ def test_read_book_errors(tmp_path):
         read_book(tmp_path / "missing.txt")
     with pytest.raises(UserError, match="directory"):
         read_book(tmp_path)
-    (tmp_path / "book.epub").write_text("x")
-    with pytest.raises(UserError, match="unsupported manuscript type '.epub'"):
-        read_book(tmp_path / "book.epub")
+    (tmp_path / "book.odt").write_text("x")  # (.epub was unsupported until the EPUB reader; see test_epub.py)
+    with pytest.raises(UserError, match="unsupported manuscript type '.odt'"):
+        read_book(tmp_path / "book.odt")
     (tmp_path / "empty.txt").write_text(" \n\n\t\n")
     with pytest.raises(UserError, match="empty"):
         read_book(tmp_path / "empty.txt")

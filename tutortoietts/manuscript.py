@@ -1,15 +1,13 @@
-"""Manuscript reading: a .txt or .md file -> Book(title, chapters -> paragraphs of plain text)."""
+"""Manuscripts: the Book model (chapters, metadata, cover), read_book over the format readers, and text/markdown structure."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tutortoietts.errors import UserError
-
-TEXT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md"}
 
 # Words a chapter-like heading may be numbered with: digits, roman numerals or English words.
 NUMBER_WORDS = (
@@ -49,65 +47,68 @@ class Chapter:
 
 
 @dataclass(frozen=True)
+class Cover:
+    """The book's cover image, as its file holds it."""
+
+    data: bytes = field(repr=False)
+    media_type: str  # "image/jpeg" | "image/png"
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What the manuscript says about itself; empty where its format carries nothing (plain text)."""
+
+    authors: tuple[str, ...] = ()
+    narrators: tuple[str, ...] = ()
+    language: str = ""  # a BCP 47 tag as the book gives it ("en", "en-GB")
+    publisher: str = ""
+    date: str = ""  # as given ("2019", "2019-05-02T00:00:00Z")
+    identifier: str = ""
+    isbn: str = ""
+    description: str = ""  # plain text
+    series: str = ""
+    series_index: str = ""  # "2", "2.5": a position, kept as written
+    cover: Cover | None = None
+
+    @property
+    def year(self) -> str:
+        match = re.match(r"\s*(\d{4})", self.date)
+        return match.group(1) if match else ""
+
+
+@dataclass(frozen=True)
 class Book:
     title: str
     chapters: tuple[Chapter, ...]
+    metadata: Metadata = Metadata()
+    left_out: tuple[str, ...] = ()  # what the reader chose not to read: "Copyright (front matter)"
 
 
-def read_book(path: Path, encoding: str | None = None) -> Book:
-    """Read a manuscript file; every problem a user can fix is a UserError with one clear line.
+@dataclass(frozen=True)
+class ReadOptions:
+    """What the user may tell a reader beyond the path."""
 
-    `encoding` (e.g. "cp1252", "latin-1") is for manuscripts that are not UTF-8 or UTF-16.
+    encoding: str | None = None  # for plain text that is not UTF-8/UTF-16
+    include_front_matter: bool = False  # cover, title page, copyright, contents, index (EPUB)
+
+
+def read_book(path: Path, encoding: str | None = None, *, include_front_matter: bool = False) -> Book:
+    """Read a manuscript of any supported format; every problem a user can fix is one UserError line.
+
+    One reader per format (tutortoietts/readers/), chosen by the file's suffix. `encoding` (e.g.
+    "cp1252") is for text manuscripts that are not UTF-8 or UTF-16.
     """
+    from tutortoietts.readers import reader_for
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"manuscript not found: {path}")
     if path.is_dir():
         raise UserError(f"manuscript is a directory, not a file: {path}")
-    kind = TEXT_SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        supported = ", ".join(sorted(TEXT_SUFFIXES))
-        raise UserError(f"unsupported manuscript type '{path.suffix or path.name}': use one of {supported}")
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise UserError(f"cannot read manuscript {path}: {error.strerror or error}") from None
-    text = decode_text(raw, path) if encoding is None else decode_with(raw, path, encoding)
-    return parse_text(text, kind, fallback_title=path.stem)
-
-
-def decode_text(raw: bytes, path: Path) -> str:
-    """UTF-8 (with or without BOM) or BOM-marked UTF-16; anything else is not a manuscript."""
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            return raw.decode("utf-16")
-        except UnicodeDecodeError:
-            raise UserError(f"manuscript is not valid UTF-16 text: {path}") from None
-    if b"\x00" in raw:
-        raise UserError(f"manuscript looks binary (it contains NUL bytes), not text: {path}")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UserError(
-            f"manuscript is not UTF-8 text (undecodable byte at offset {error.start}): {path}; re-save it as UTF-8 or name its encoding with --encoding (e.g. cp1252)"
-        ) from None
-
-
-def decode_with(raw: bytes, path: Path, encoding: str) -> str:
-    """The manuscript in the encoding the user named: an unknown name or an undecodable byte is one line."""
-    import codecs
-
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise UserError(f"unknown --encoding {encoding!r}: use a Python codec name such as utf-8, cp1252 or latin-1") from None
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as error:
-        raise UserError(f"manuscript is not {encoding} text (undecodable byte at offset {error.start}): {path}") from None
-    if "\x00" in text:
-        raise UserError(f"manuscript looks binary (it contains NUL characters), not text: {path}")
-    return text.removeprefix("\ufeff")
+    reader = reader_for(path)
+    return reader(path, ReadOptions(encoding=encoding, include_front_matter=include_front_matter))
 
 
 def parse_text(text: str, kind: str, fallback_title: str) -> Book:
