@@ -75,6 +75,29 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(drop, float("-inf"))
 
 
+def sampling_probs(
+    logits: torch.Tensor,
+    seen: torch.Tensor,
+    *,
+    temperature: float,
+    top_p: float,
+    repetition_penalty: float,
+) -> torch.Tensor:
+    """The distribution one sampling step draws from, every rule applied: fp32 logits (B, V) -> probs (B, V).
+
+    Speculative decoding compares these processed distributions, the draft's and the full model's.
+    """
+    scores = logits
+    if repetition_penalty != 1.0:
+        scores = apply_repetition_penalty(scores, seen, repetition_penalty)
+    if temperature != 1.0:
+        scores = scores / temperature
+    scores = top_k_filter(scores, TOP_K)
+    if top_p < 1.0:
+        scores = top_p_filter(scores, top_p)
+    return torch.softmax(scores, dim=-1)
+
+
 def choose_next(
     logits: torch.Tensor,
     seen: torch.Tensor,
@@ -85,15 +108,7 @@ def choose_next(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """One sampling step on fp32 logits (B, V) -> next ids (B,)."""
-    scores = logits
-    if repetition_penalty != 1.0:
-        scores = apply_repetition_penalty(scores, seen, repetition_penalty)
-    if temperature != 1.0:
-        scores = scores / temperature
-    scores = top_k_filter(scores, TOP_K)
-    if top_p < 1.0:
-        scores = top_p_filter(scores, top_p)
-    probs = torch.softmax(scores, dim=-1)
+    probs = sampling_probs(logits, seen, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 

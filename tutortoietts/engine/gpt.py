@@ -10,6 +10,7 @@ sampling loop and the logits processors live in decoding.py.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +113,25 @@ class KVCache(nn.Module):
         return batch >= max_batch and seq >= max_seq and self.k.dtype == dtype and self.k.device == torch.device(device)
 
 
+@dataclass(frozen=True)
+class RowPositions:
+    """Cache positions that differ per row, for a forward of several tokens over the KV cache.
+
+    Speculative decoding verifies k proposed codes per row in one pass, and rows that accepted
+    different numbers of codes stand at different positions. Each row's new keys and values are
+    written at its own positions; query t of row b sees cache positions 0..positions[b, t].
+    """
+
+    positions: torch.Tensor  # (B, T) int64: cache position of each new token
+    visible: torch.Tensor  # (B, 1, T, L) bool: which of the first L cache positions each query sees
+    length: int  # L: cache positions attended, past every row's last new token
+
+    @classmethod
+    def of(cls, positions: torch.Tensor, length: int) -> "RowPositions":
+        keys = torch.arange(length, device=positions.device)
+        return cls(positions, (keys <= positions[:, :, None])[:, None], length)
+
+
 def checkpoint_weights_to_linear(module, state_dict, prefix, *args) -> None:
     """Load hook: GPT-2's Conv1D stores weights (in, out); our nn.Linear wants (out, in).
 
@@ -167,7 +187,16 @@ class SelfAttention(Conv1DLayout):
         q = q.view(batch, length, self.heads, -1).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(batch, length, self.heads, -1).transpose(1, 2)
         v = v.view(batch, length, self.heads, -1).transpose(1, 2)
-        if input_pos is None or length > 1:
+        if isinstance(input_pos, RowPositions):
+            # Per-row positions (speculative verification): scatter each row's new keys and values
+            # to its own places, then attend through the mask. Positions past a row's accepted
+            # codes hold stale entries; the mask hides them and the next write replaces them.
+            index = input_pos.positions[:, None, :, None].expand(batch, self.heads, length, k.shape[-1])
+            self.kv_cache.k[:batch].scatter_(2, index, k)
+            self.kv_cache.v[:batch].scatter_(2, index, v)
+            keys, values = self.kv_cache.k[:batch, :, : input_pos.length], self.kv_cache.v[:batch, :, : input_pos.length]
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=input_pos.visible)
+        elif input_pos is None or length > 1:
             if input_pos is not None:
                 # Prefill: a fresh sequence from position 0. The cache rows may outnumber this
                 # batch (one shared prefix for every sample): the copy broadcasts it to all rows.
@@ -234,10 +263,16 @@ class Transformer(nn.Module):
         super().__init__()
         self.h = nn.ModuleList(Block(dim, heads) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
+        # Blocks left out, each replaced by the identity (its residual branch dropped): the layer
+        # ablation study's switch (devtools/ablation.py, a preset's experimental ar_layers). Empty
+        # for every normal run.
+        self.skipped: frozenset[int] = frozenset()
 
-    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:  # (B, T, C)
-        for block in self.h:
-            x = block(x, input_pos)
+    def forward(self, x: torch.Tensor, input_pos=None, layers=None) -> torch.Tensor:  # (B, T, C)
+        """`layers`: the block indices to run this call (a speculative draft's first N), else all but `skipped`."""
+        for index, block in enumerate(self.h):
+            if (index in layers) if layers is not None else (index not in self.skipped):
+                x = block(x, input_pos)
         return self.ln_f(x)
 
 
@@ -381,16 +416,29 @@ class AutoregressiveModel(nn.Module):
             hidden = self.gpt(torch.cat([prefix, start_emb], dim=1), input_pos=0)  # (1, P + 1, C)
         return self.mel_logits(hidden[:, -1])
 
-    def decode_one_token(self, tokens: torch.Tensor, input_pos: int, mel_position: int) -> torch.Tensor:
+    def decode_one_token(self, tokens: torch.Tensor, input_pos: int, mel_position: int, layers=None) -> torch.Tensor:
         """Feed one code per row at cache position `input_pos`: tokens (B, 1) -> next-code logits (B, codes).
 
         `mel_position` is the row of the mel position table added to the code's embedding; see
-        decoding.py for why it is not simply the code's index.
+        decoding.py for why it is not simply the code's index. `layers`: see Transformer.forward.
         """
         x = self.mel_embedding(tokens) + self.mel_pos_embedding.emb.weight[mel_position]  # (B, 1, C)
         with sdpa_kernel(DECODE_ATTENTION):
-            hidden = self.gpt(x, input_pos=input_pos)
+            hidden = self.gpt(x, input_pos=input_pos, layers=layers)
         return self.mel_logits(hidden[:, -1])
+
+    def decode_rows(self, tokens: torch.Tensor, positions: RowPositions, mel_positions: torch.Tensor,
+                    layers=None) -> torch.Tensor:
+        """Feed T codes per row, each row at its own cache positions: tokens (B, T) -> logits (B, T, codes).
+
+        Logit t of a row is the next-code distribution after its token t (causal within the T).
+        `mel_positions` (B, T): rows of the mel position table, as decode_one_token's.
+        """
+        x = self.mel_embedding(tokens) + self.mel_pos_embedding.emb.weight[mel_positions]  # (B, T, C)
+        with sdpa_kernel(DECODE_ATTENTION):
+            hidden = self.gpt(x, input_pos=positions, layers=layers)
+        return self.mel_logits(hidden)
+
 
     # The same steps with the latents they produce (the hidden state after final_norm, before the
     # head), for a loop that reports them (decoding.generate_codes's on_step): prefill and
