@@ -1,4 +1,5 @@
-"""Stitching and export: chunk clips -> chapters with pauses and fades -> loudness -> wav/mp3/m4b via ffmpeg."""
+"""Stitching and export: chunk clips -> chapters with pauses and fades -> mastering -> wav/mp3/m4b via
+ffmpeg, tagged with mutagen, with subtitles timed to the chunks."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile
 
 from tutortoietts.engine.limits import SAMPLE_RATE  # the vocoder's output rate
 from tutortoietts.errors import UserError
+from tutortoietts.subtitles import Cue, shifted, write_subtitles
 
 # Silence after a chunk, by what ends there. A chapter's pause is split in half: one half opens
 # its file and one half closes it, so per-chapter files and the whole book both hear 2 s.
@@ -38,21 +41,30 @@ FFMPEG_MISSING = (
 class Segment:
     samples_path: Path  # a 24 kHz mono wav file: one rendered chunk
     pause_after: str  # "sentence" | "paragraph" | "chapter"
+    text: str = ""  # what the chunk says, for subtitles
 
 
 @dataclass
 class ExportResult:
-    book_path: Path
+    book_path: Path  # the whole book; the chapters folder when the profile writes no book file (ACX)
     chapter_paths: list[Path]
     durations: list[float]  # seconds per chapter, pauses included
+    subtitle_paths: list[Path] = field(default_factory=list)
 
     def paths(self) -> list[Path]:
         """Everything written, the whole book first."""
-        return [self.book_path, *self.chapter_paths]
+        return [self.book_path, *self.chapter_paths, *self.subtitle_paths]
 
     def __fspath__(self) -> str:
         # Lets callers treat the result as "the book file": Path(result), open(result).
         return os.fspath(self.book_path)
+
+
+def require_ffprobe() -> str:
+    path = shutil.which("ffprobe")
+    if path is None:
+        raise UserError(FFMPEG_MISSING.replace("ffmpeg not found", "ffprobe (part of ffmpeg) not found"))
+    return path
 
 
 def require_ffmpeg() -> str:
@@ -111,18 +123,32 @@ def silence(seconds: float, sample_rate: int) -> np.ndarray:
 
 def assemble_chapter(segments: list[Segment], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """One chapter's clips in order, each trimmed and faded, with the pause its chunk asked for after it."""
+    return assemble_timed(segments, sample_rate)[0]
+
+
+def assemble_timed(segments: list[Segment], sample_rate: int = SAMPLE_RATE, head: float | None = None,
+                   tail: float | None = None) -> tuple[np.ndarray, list[Cue]]:
+    """assemble_chapter, plus each clip's exact place in the chapter (the subtitles' timing).
+
+    head/tail: silence before the first clip and after the last (default: half a chapter pause each).
+    """
     half_chapter = PAUSE_SECONDS["chapter"] / 2
-    parts = [silence(half_chapter, sample_rate)]
+    head = half_chapter if head is None else head
+    tail = half_chapter if tail is None else tail
+    parts = [silence(head, sample_rate)]
+    cues, position_samples = [], len(parts[0])
     for position, segment in enumerate(segments):
         if segment.pause_after not in PAUSE_SECONDS:
             raise ValueError(f"unknown pause {segment.pause_after!r}; expected one of {sorted(PAUSE_SECONDS)}")
-        clip = trim_silence(read_clip(Path(segment.samples_path), sample_rate), sample_rate)
-        parts.append(apply_fades(clip, sample_rate))
+        clip = apply_fades(trim_silence(read_clip(Path(segment.samples_path), sample_rate), sample_rate), sample_rate)
+        cues.append(Cue(position_samples / sample_rate, (position_samples + len(clip)) / sample_rate, segment.text))
         is_last = position == len(segments) - 1
-        parts.append(silence(half_chapter if is_last else PAUSE_SECONDS[segment.pause_after], sample_rate))
+        pause = silence(tail if is_last else PAUSE_SECONDS[segment.pause_after], sample_rate)
+        parts += [clip, pause]
+        position_samples += len(clip) + len(pause)
     if not segments:
-        parts.append(silence(half_chapter, sample_rate))
-    return np.concatenate(parts)  # (T,)
+        parts.append(silence(tail, sample_rate))
+    return np.concatenate(parts), cues  # (T,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +165,8 @@ def loudness(chapters: list[np.ndarray]) -> tuple[float, float]:
     return to_db(rms), to_db(peak)
 
 
-def normalise_loudness(chapters: list[np.ndarray]) -> list[np.ndarray]:
+def normalise_loudness(chapters: list[np.ndarray], target_db: float = TARGET_RMS_DBFS,
+                       ceiling_db: float = PEAK_CEILING_DBFS) -> list[np.ndarray]:
     """One gain for the whole book: RMS to -20 dBFS unless that would lift a peak above -3 dBFS.
 
     One gain keeps the chapters' relative levels; the peak limit lowers the gain rather than
@@ -147,11 +174,11 @@ def normalise_loudness(chapters: list[np.ndarray]) -> list[np.ndarray]:
     (one chapter) is accepted too and comes back as a single array.
     """
     if isinstance(chapters, np.ndarray):
-        return normalise_loudness([chapters])[0]
+        return normalise_loudness([chapters], target_db, ceiling_db)[0]
     rms_db, peak_db = loudness(chapters)
     if not np.isfinite(rms_db):
         return [np.asarray(c, dtype=np.float32).copy() for c in chapters]
-    gain_db = min(TARGET_RMS_DBFS - rms_db, PEAK_CEILING_DBFS - peak_db)
+    gain_db = min(target_db - rms_db, ceiling_db - peak_db)
     gain = np.float32(10 ** (gain_db / 20))
     return [np.asarray(c, dtype=np.float32) * gain for c in chapters]
 
@@ -197,9 +224,13 @@ def write_wav(path: Path, pieces: list[np.ndarray], sample_rate: int, tags: dict
     os.replace(temporary, path)
 
 
-def write_encoded(path: Path, pieces: list[np.ndarray], fmt: str, sample_rate: int, tags: dict[str, str],
-                  chapters: list[tuple[str, int, int]]) -> None:
-    """Stream float samples into ffmpeg (no whole-book copy in memory); AAC-in-MP4 or MP3, tags and chapters."""
+def write_encoded(path: Path, pieces, fmt: str, sample_rate: int, tags: dict[str, str],
+                  chapters: list[tuple[str, int, int]], bitrate: str = BITRATE, language3: str = "",
+                  finish: Callable[[Path], None] | None = None) -> None:
+    """Stream float samples into ffmpeg (no whole-book copy in memory); AAC-in-MP4 or MP3, tags and chapters.
+
+    `finish` gets the whole, encoded file under its temporary name (to tag it) before it is renamed.
+    """
     ffmpeg = require_ffmpeg()
     temporary = partial_path(path)
     if fmt in ("m4b", "m4a"):
@@ -207,7 +238,10 @@ def write_encoded(path: Path, pieces: list[np.ndarray], fmt: str, sample_rate: i
         brand = ["-brand", "M4B "] if fmt == "m4b" else []
         codec = ["-c:a", "aac", "-movflags", "+faststart", *brand, "-f", "ipod"]
     else:
+        # libmp3lame with a bitrate and no quality setting is constant bitrate, and ffmpeg writes
+        # the "Info" header that tells readers so.
         codec = ["-c:a", "libmp3lame", "-id3v2_version", "3", "-f", "mp3"]
+    language = ["-metadata:s:a:0", f"language={language3}"] if language3 else []
     with tempfile.TemporaryDirectory() as scratch:
         metadata_path = Path(scratch) / "metadata.txt"
         metadata_path.write_text(ffmetadata(tags, chapters), encoding="utf-8")
@@ -215,8 +249,8 @@ def write_encoded(path: Path, pieces: list[np.ndarray], fmt: str, sample_rate: i
             ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
             "-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0",
             "-f", "ffmetadata", "-i", str(metadata_path),
-            "-map", "0:a", "-map_metadata", "1", "-map_chapters", "1" if chapters else "-1",
-            "-b:a", BITRATE, *codec, str(temporary),
+            "-map", "0:a", "-map_metadata", "1", "-map_chapters", "1" if chapters else "-1", *language,
+            "-b:a", bitrate, *codec, str(temporary),
         ]  # fmt: skip
         # stderr to a file: a pipe could fill up and stall ffmpeg while we are still writing.
         with open(Path(scratch) / "stderr.txt", "w+b") as errors:
@@ -227,6 +261,11 @@ def write_encoded(path: Path, pieces: list[np.ndarray], fmt: str, sample_rate: i
                 process.stdin.close()
             except BrokenPipeError:
                 pass  # ffmpeg stopped early; its exit code and message say why
+            except BaseException:
+                process.kill()
+                process.wait()
+                temporary.unlink(missing_ok=True)
+                raise
             code = process.wait()
             errors.seek(0)
             message = errors.read().decode("utf-8", "replace").strip().splitlines()
@@ -234,43 +273,106 @@ def write_encoded(path: Path, pieces: list[np.ndarray], fmt: str, sample_rate: i
         temporary.unlink(missing_ok=True)
         detail = message[-1] if message else f"exit code {code}"
         raise UserError(f"ffmpeg could not write {path.name}: {detail}")
+    if finish is not None:
+        try:
+            finish(temporary)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
     os.replace(temporary, path)
 
 
-def write_audio(path: Path, pieces: list[np.ndarray], fmt: str, sample_rate: int, tags: dict[str, str],
-                chapters: list[tuple[str, int, int]] = ()) -> None:
+def write_audio(path: Path, pieces, fmt: str, sample_rate: int, tags: dict[str, str],
+                chapters: list[tuple[str, int, int]] = (), **encoding) -> None:
     if fmt == "wav":
-        write_wav(path, pieces, sample_rate, tags)  # plain PCM needs no ffmpeg
+        write_wav(path, list(pieces), sample_rate, tags)  # plain PCM needs no ffmpeg
     else:
-        write_encoded(path, pieces, fmt, sample_rate, tags, list(chapters))
+        write_encoded(path, pieces, fmt, sample_rate, tags, list(chapters), **encoding)
 
 
-def export_book(chapters: list[tuple[str, np.ndarray]], out_dir: Path, fmt: str, title: str, author: str | None,
-                sample_rate: int = SAMPLE_RATE) -> ExportResult:
-    """Per-chapter files under out_dir/chapters/ and the whole book (m4b with chapter markers, mp3, or wav)."""
+# A chapter's samples, or a function that makes them (so a book file can be streamed chapter by
+# chapter without holding every mastered chapter in memory).
+ChapterAudio = np.ndarray | Callable[[], np.ndarray]
+
+
+def export_book(chapters: list[tuple[str, ChapterAudio]], out_dir: Path, fmt: str, title: str, author: str | None,
+                sample_rate: int = SAMPLE_RATE, *, tags=None, bitrate: str = BITRATE, book_file: bool = True,
+                cues: list[list[Cue]] | None = None, subtitles: str | None = None) -> ExportResult:
+    """Per-chapter files under out_dir/chapters/ and the whole book (m4b with chapter markers, mp3, or wav).
+
+    tags: a tags.BookTags (cover, narrator, series...) written into every mp3/m4b with mutagen; by
+    default one made from title and author. cues and subtitles ("srt" | "vtt"): each chapter's
+    chunk timings, written beside each chapter file and the book.
+    """
+    from tutortoietts.tags import BookTags, write_tags
+
     if fmt not in FORMATS:
         raise UserError(f"unknown audio format '{fmt}': use one of {', '.join(FORMATS)}")
     if fmt != "wav":
         require_ffmpeg()
     if not chapters:
         raise UserError("nothing to export: the book has no rendered chapters")
+    tags = tags or BookTags(title=title, authors=(author,) if author else ())
     out_dir = Path(out_dir)
     chapter_dir = out_dir / "chapters"
     chapter_dir.mkdir(parents=True, exist_ok=True)
-    book_tags = {"title": title, "album": title, "artist": author or "", "album_artist": author or "", "genre": "Audiobook"}
+    artist = tags.artist
+    book_tags = {"title": tags.title, "album": tags.title, "artist": artist, "album_artist": artist, "genre": "Audiobook"}
+    encoding = {"bitrate": bitrate, "language3": tags.language3}
 
-    chapter_paths, durations, markers, start = [], [], [], 0
-    for number, (chapter_title, samples) in enumerate(chapters, start=1):
+    def audio(source: ChapterAudio) -> np.ndarray:
+        return source() if callable(source) else source
+
+    chapter_paths, durations, markers, subtitle_paths, start = [], [], [], [], 0
+    for number, (chapter_title, source) in enumerate(chapters, start=1):
+        samples = audio(source)
         name = safe_filename(chapter_title) or f"Chapter {number}"
         path = chapter_dir / f"{number:02d} - {name}.{FORMATS[fmt]}"
-        tags = {**book_tags, "title": chapter_title, "track": f"{number}/{len(chapters)}"}
-        write_audio(path, [samples], "m4a" if fmt == "m4b" else fmt, sample_rate, tags)
+        track = (number, len(chapters))
+        chapter_tags = {**book_tags, "title": chapter_title, "track": f"{number}/{len(chapters)}"}
+        write_audio(path, [samples], "m4a" if fmt == "m4b" else fmt, sample_rate, chapter_tags, **encoding,
+                    **({} if fmt == "wav" else {"finish": lambda p, t=chapter_title, n=track: write_tags(p, tags, t, n)}))
         chapter_paths.append(path)
         durations.append(len(samples) / sample_rate)
+        if subtitles and cues is not None:
+            subtitle_paths.append(write_subtitles(path.with_suffix(f".{subtitles}"), cues[number - 1], subtitles))
         end = start + len(samples)
         markers.append((chapter_title, round(start * 1000 / sample_rate), round(end * 1000 / sample_rate)))
         start = end
 
-    book_path = out_dir / f"{safe_filename(title) or 'audiobook'}.{fmt}"
-    write_audio(book_path, [samples for _, samples in chapters], fmt, sample_rate, book_tags, markers)
-    return ExportResult(book_path=book_path, chapter_paths=chapter_paths, durations=durations)
+    if not book_file:
+        return ExportResult(book_path=chapter_dir, chapter_paths=chapter_paths, durations=durations, subtitle_paths=subtitle_paths)
+    book_path = out_dir / f"{safe_filename(tags.title) or 'audiobook'}.{fmt}"
+    write_audio(book_path, (audio(source) for _, source in chapters), fmt, sample_rate, book_tags, markers, **encoding,
+                **({} if fmt == "wav" else {"finish": lambda p: write_tags(p, tags)}))
+    if subtitles and cues is not None:
+        offsets = np.concatenate([[0.0], np.cumsum(durations)])
+        book_cues = [cue for chapter_cues, offset in zip(cues, offsets) for cue in shifted(chapter_cues, float(offset))]
+        subtitle_paths.insert(0, write_subtitles(book_path.with_suffix(f".{subtitles}"), book_cues, subtitles))
+    return ExportResult(book_path=book_path, chapter_paths=chapter_paths, durations=durations, subtitle_paths=subtitle_paths)
+
+
+def finish_book(chapters: list[tuple[str, list[Segment]]], out_dir: Path, fmt: str, tags, profile=None,
+                subtitles: str | None = None, sample_rate: int = SAMPLE_RATE) -> ExportResult:
+    """Rendered chunks to the finished book: chapters assembled, mastered by the profile, exported.
+
+    profile: a mastering.Profile (default: the "default" one: today's one gain for the whole book).
+    """
+    from tutortoietts.mastering import load_profile, master_file, resample
+
+    profile = profile or load_profile("default")
+    if profile.format and fmt != profile.format:
+        raise UserError(f"--master {profile.name} writes {profile.format} files: leave out --format or use --format {profile.format}")
+    assembled = [assemble_timed(segments, sample_rate, profile.head_seconds, profile.tail_seconds) for _, segments in chapters]
+    if profile.level == "book-rms":
+        # One gain for the whole book keeps the chapters' relative levels (and today's output).
+        levelled = normalise_loudness([samples for samples, _ in assembled], profile.target, profile.peak_ceiling)
+        sources = [lambda x=x: resample(x, sample_rate, profile.sample_rate) for x in levelled]
+        if profile.sample_rate == sample_rate:
+            sources = levelled
+    else:
+        # Each file to the target on its own (ACX measures every file; a podcast episode stands alone).
+        sources = [lambda x=samples: master_file(x, sample_rate, profile) for samples, _ in assembled]
+    named = [(title, source) for (title, _), source in zip(chapters, sources)]
+    return export_book(named, out_dir, fmt, tags.title, None, profile.sample_rate, tags=tags, bitrate=profile.bitrate,
+                       book_file=profile.book_file, cues=[cues for _, cues in assembled], subtitles=subtitles)
