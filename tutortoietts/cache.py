@@ -212,11 +212,14 @@ class Cache:
             return None
         from tutortoietts.engine.pipeline import ARResult
 
-        return ARResult(**_from_bytes(data))
+        values = _from_bytes(data)
+        if "text_ids" not in values:
+            return None  # cached before results recorded their text: the hifi decoder could not use it
+        return ARResult(**values)
 
     def put_ar(self, key: str, result: ARResult, weights_fp: str) -> None:
         # The values only: stage timings describe one run, not the result.
-        fields = ("codes", "scores", "chosen", "latents", "stopped")
+        fields = ("codes", "scores", "chosen", "latents", "stopped", "lengths", "text_ids")
         self._set("ar", key, _to_bytes({name: getattr(result, name) for name in fields}), weights_fp)
 
     def get_audio(self, key: str):

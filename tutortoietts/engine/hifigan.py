@@ -120,6 +120,20 @@ def latent_span(first: int, count: int, total: int) -> tuple[int, int]:
     return int(left.min()), int(right.max()) + 1
 
 
+def settled_frames(available: int) -> int:
+    """How many leading frames `available` latents fix for good: frames that never read the last
+    latent's right neighbour (not there yet, so torch would pair the last latent with itself).
+    More latents cannot change them. 0 below 3 latents, where torch copies instead of stretching."""
+    if available < 3:
+        return 0
+    frames = frame_count(available)
+    longer = available + 8  # any longer utterance: no end clamp touches these frames
+    _, right, _ = _source_positions(0, frames, interpolated_length(longer, FIRST_STRETCH), SECOND_STRETCH)
+    _, last_read, _ = _first_stretch(right, longer)  # (frames,) the latest latent each frame reads
+    fixed = last_read <= available - 1
+    return frames if bool(fixed.all()) else int(fixed.int().argmin())
+
+
 # ---------------------------------------------------------------------------------------------
 # The generator.
 # ---------------------------------------------------------------------------------------------

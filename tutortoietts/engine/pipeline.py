@@ -29,6 +29,9 @@ from tutortoietts.errors import UserError
 VOCODER_HOP = 256  # output samples per mel frame
 STOP_MEL_TOKEN = 8193  # the autoregressive model's stop (and pad) code
 RERANK_BATCH = 64  # CLVP scores rows independently; batches only bound memory
+# The HiFi decoder runs in fp32 whatever the precision, as api_fast runs it (its autocast covers
+# only the autoregressive model), like our vocoder: a tanh waveform generator amplifies rounding.
+HIFI_DTYPE = torch.float32
 
 Progress = Callable[[str, int, int], None]  # (stage, step, steps)
 
@@ -52,6 +55,10 @@ class ARResult:
     chosen: int  # row of `codes` the audio stages speak
     latents: torch.Tensor  # (1, T', d_ar) the chosen candidate's latents, cut where its speech ends
     stopped: torch.Tensor | None = None  # (n,) bool: the candidate emitted the stop token (None: not recorded)
+    # What lets a later stage compute other latents from the codes (the hifi decoder's); None in
+    # results cached before they were recorded (cache.get_ar takes those as misses).
+    lengths: torch.Tensor | None = None  # (n,) int64: codes each candidate sampled, its stop code included
+    text_ids: torch.Tensor | None = None  # (1, m) int64: the tokenized text the candidates speak
     timings: dict[str, float] = field(default_factory=dict, compare=False)  # seconds per stage; never cached
 
 
@@ -68,6 +75,14 @@ class Clip:
     @property
     def seconds(self) -> float:
         return self.samples.shape[-1] / self.sample_rate
+
+
+def sampled_lengths(sampled: torch.Tensor) -> torch.Tensor:
+    """Codes each raw candidate (k, T) holds up to and with its first stop code (T if it never
+    stopped): what api_fast streams to its HiFi decoder. -> (k,) int64"""
+    is_stop = sampled == STOP_MEL_TOKEN
+    first = is_stop.int().argmax(dim=1)
+    return torch.where(is_stop.any(dim=1), first + 1, sampled.shape[1]).long()
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -180,6 +195,7 @@ class Tortoise:
         self.vocoder = networks["vocoder"]
         self.rlg_auto = networks["rlg_auto"]
         self.rlg_diffuser = networks["rlg_diffuser"]
+        self._hifi_decoder = networks.get("hifidecoder")  # optional: loaded on first use (hifi_decoder)
         self.config = config
         self.device = device
         self.dtype = dtype
@@ -261,9 +277,10 @@ class Tortoise:
     @uses("autoregressive")
     @torch.inference_mode()
     def sample_raw_codes(self, text_ids: torch.Tensor, voice: VoiceLatents, settings, seed: int,
-                         instruments: Instruments = NO_INSTRUMENTS) -> torch.Tensor:
+                         instruments: Instruments = NO_INSTRUMENTS, on_step=None) -> torch.Tensor:
         """num_autoregressive_samples candidate code sequences as sampled: each row ends in stop
-        tokens if it stopped. -> (num_autoregressive_samples, max_mel_tokens) int64"""
+        tokens if it stopped. -> (num_autoregressive_samples, max_mel_tokens) int64
+        on_step: hears each step's codes and latents (decoding.generate_codes), for streaming."""
         codes = self.autoregressive.sample(
             voice.autoregressive.to(self.device, self.dtype),
             text_ids.to(self.device),
@@ -276,6 +293,7 @@ class Tortoise:
             batch_size=settings.batch_size(),
             generator=self._generator(seed, "autoregressive"),
             instruments=instruments,
+            on_step=on_step,
         )  # (k, T)
         codes = codes.long().cpu()
         release_freed_memory(self.device)
@@ -378,20 +396,27 @@ class Tortoise:
             codes = fix_codes(sampled)
         with both.stage("rerank"):
             report("rerank", 0, 1)
-            scores = self.rerank(text_ids, codes)  # (k,)
-            chosen = int(torch.topk(scores, k=1).indices[0])  # topk picks as the reference does (ties included)
+            if len(codes) > 1:
+                scores = self.rerank(text_ids, codes)  # (k,)
+                chosen = int(torch.topk(scores, k=1).indices[0])  # topk picks as the reference does (ties included)
+            else:  # one candidate: nothing to choose between, CLVP is not run
+                scores, chosen = torch.full((1,), float("nan")), 0
         with both.stage("latents"):
             report("latents", 0, 1)
             latents = self.code_latents(text_ids, codes[chosen : chosen + 1], voice)  # (1, T', d)
         return ARResult(codes=codes, scores=scores, chosen=chosen, latents=latents, stopped=stopped,
+                        lengths=sampled_lengths(sampled), text_ids=text_ids.cpu(),
                         timings=dict(timer.seconds))
 
     def audio_stage(self, ar: ARResult, voice: VoiceLatents, settings, seed: int = 0,
               instruments: Instruments = NO_INSTRUMENTS, progress: Progress | None = None) -> Clip:
-        """The chosen candidate's latents to 24 kHz audio: diffusion, then the vocoder."""
+        """The chosen candidate's latents to 24 kHz audio: diffusion, then the vocoder; with
+        settings.decoder "hifi", the HiFi decoder instead (hifi_audio)."""
         report = progress or (lambda stage, step, steps: None)
         timer = StageTimer(self.device)
         both = _Both(timer, instruments)
+        if settings.decoder == "hifi":
+            return self.hifi_audio(ar, voice, timer, both, report, instruments)
         with both.stage("diffusion"):
             mel = self.diffuse(ar.latents, voice, settings, seed=seed, progress=progress)  # (1, 100, frames)
         with both.stage("vocoder"):
@@ -404,6 +429,68 @@ class Tortoise:
             timings={**ar.timings, **timer.seconds},
             mel=mel,
         )
+
+    # -- Tortoise 3.0's HiFi decoder: latents straight to audio (api_fast.py) ----------------------
+
+    @property
+    def hifi_decoder(self):
+        """The HiFi decoder, loaded from hifidecoder.pth on first use: the diffusion path never needs the file."""
+        if self._hifi_decoder is None:
+            if self.models_dir is None:
+                raise UserError("the hifi decoder needs hifidecoder.pth, and this engine was built without a models folder")
+            checkpoints.require_optional(self.models_dir, "hifidecoder")  # one line if it is missing
+            device = torch.device("cpu") if self.low_vram else self.device
+            self._hifi_decoder = checkpoints.load_network("hifidecoder", self.models_dir, self.config, device, HIFI_DTYPE)
+        return self._hifi_decoder
+
+    @uses("autoregressive")
+    @torch.inference_mode()
+    def hifi_latents(self, ar: ARResult, voice: VoiceLatents) -> torch.Tensor:
+        """The chosen candidate's latents as api_fast hands them to its HiFi decoder: one per code
+        sampled, its stop code included, at the sampling loop's positions (what the reference's
+        stream generator yields with its KV cache on; see gpt.latents). -> (1, n, d_ar) float32
+
+        Computed from the fixed-up codes: the same inputs as sampled, except where the stop came
+        within the last three codes of max_mel_tokens and fix_codes wrote its end-of-clip tail there.
+        """
+        if ar.text_ids is None or ar.lengths is None:
+            raise ValueError("this ARResult records no text_ids or lengths: run autoregressive_stage again")
+        length = int(ar.lengths[ar.chosen])
+        codes = ar.codes[ar.chosen : ar.chosen + 1, :length]
+        latents = self.autoregressive.latents(voice.autoregressive.to(self.device, self.dtype), ar.text_ids.to(self.device),
+                                              codes.to(self.device), sampling_positions=True)
+        return latents.float().cpu()
+
+    @uses("hifi_decoder")
+    @torch.inference_mode()
+    def hifi_decode(self, latents: torch.Tensor, voice: VoiceLatents) -> torch.Tensor:
+        """Latents (1, T, d_ar) -> waveform (1, 1, samples) float32 in (-1, 1); = the reference's
+        hifi_decoder.inference(latents, voice.autoregressive)."""
+        wave = self.hifi_decoder.inference(latents.to(self.device), voice.autoregressive.to(self.device))
+        wave = wave.float().cpu()
+        release_freed_memory(self.device)
+        return wave
+
+    def hifi_audio(self, ar: ARResult, voice: VoiceLatents, timer: StageTimer, both: Instruments, report,
+                   instruments: Instruments = NO_INSTRUMENTS) -> Clip:
+        """audio_stage with the hifi decoder: the chosen candidate's hifi latents, then the decoder."""
+        with both.stage("hifi"):
+            report("hifi", 0, 1)
+            with instruments.range("hifi:latents"):
+                latents = self.hifi_latents(ar, voice)  # (1, n, d)
+            with instruments.range("hifi:decode"):
+                wave = self.hifi_decode(latents, voice)  # (1, 1, samples)
+        return Clip(samples=wave.reshape(-1), sample_rate=SAMPLE_RATE, codes=ar.codes[ar.chosen, : latents.shape[1]],
+                    timings={**ar.timings, **timer.seconds})
+
+    def stream(self, text: str, voice: VoiceLatents, settings, seed: int = 0, **windows):
+        """Audio pieces of `text` while its codes are sampled (settings.decoder "hifi"): iterate the
+        returned streaming.SpeechStream. Joined, the pieces are audio_stage's audio for one candidate."""
+        from tutortoietts.engine.streaming import SpeechStream
+
+        if settings.decoder != "hifi":
+            raise UserError('streaming needs the hifi decoder: use --preset realtime or --set decoder=hifi')
+        return SpeechStream(self, text, voice, settings, seed, **windows)
 
     def synthesize(self, text: str, voice: VoiceLatents, settings, seed: int = 0,
                    progress: Progress | None = None, instruments: Instruments = NO_INSTRUMENTS) -> Clip:
