@@ -423,7 +423,7 @@ RULES = {
     "duration_max_minutes": lambda m, v: (f"{m.duration / 60:.1f} min", f"at most {v:g} min", 0 < m.duration <= v * 60),
     "lufs": lambda m, v: _window("lufs", m.lufs, v, "LUFS"),
     "tags": lambda m, v: (", ".join(k for k in ("title", "artist", "album") if m.tags.get(k)) or "none",
-                          "title and artist" if v else "-", not v or bool(m.tags.get("title") and m.tags.get("artist"))),
+                          "title and artist (--author)" if v else "-", not v or bool(m.tags.get("title") and m.tags.get("artist"))),
     "cover": lambda m, v: ("embedded" if m.cover else "none", "embedded" if v else "-", m.cover or not v),
 }
 RULE_LABELS = {

@@ -48,6 +48,11 @@ class RenderRequest:
     cache_dir: Path | None = None
     low_vram: bool = False  # networks on the GPU only during their stage
     encoding: str | None = None  # the manuscript's text encoding when it is not UTF-8/UTF-16
+    cover: Path | None = None  # an image to embed instead of the book's own cover
+    narrator: str | None = None  # the narrator tag (default: the synthetic voice's name)
+    include_front_matter: bool = False  # EPUB: read the cover page, title page, copyright, contents, index too
+    subtitles: str | None = None  # "srt" | "vtt": one file per chapter and one for the book
+    master: str = "default"  # mastering profile (masters.toml)
 
 
 def real_time_factor(wall_seconds: float, audio_seconds: float) -> float | None:
@@ -111,6 +116,7 @@ class Plan:
     job_dir: Path
     chunks: list[PlannedChunk]
     ar_keys: dict[str, str]  # audio key -> AR key
+    tags: object = None  # tags.BookTags: title, authors, narrator, cover... for every output file
 
 
 def resolve_weights(models_dir: Path | None) -> tuple[Path, str]:
@@ -142,7 +148,7 @@ def plan_render(request: RenderRequest) -> Plan:
 
     if request.fmt not in FORMATS:
         raise UserError(f"unknown --format {request.fmt!r}: use one of {', '.join(FORMATS)}")
-    book = read_book(request.book, request.encoding)
+    book = read_book(request.book, request.encoding, include_front_matter=request.include_front_matter)
     overrides = dict(request.overrides)
     if request.precision is not None:
         overrides["precision"] = request.precision
@@ -163,8 +169,12 @@ def plan_render(request: RenderRequest) -> Plan:
         title = book.chapters[chunk.chapter].title
         planned.append(PlannedChunk(chunk.chapter, chunk.index, title, chunk.text, chunk.pause_after, seed, key))
     job_dir = Path(request.out_dir) if request.out_dir is not None else default_job_dir(request.book)
+    from tutortoietts.tags import book_tags
+
+    tags = book_tags(book, title=request.title, author=request.author, narrator=request.narrator, cover=request.cover,
+                     voice=voice.name)
     return Plan(Path(request.book), file_sha256(request.book), book, settings, voice, voice_fp, models_dir, weights_fp,
-                job_dir, planned, ar_keys)
+                job_dir, planned, ar_keys, tags)
 
 
 # ---------------------------------------------------------------- the engine and the voice
@@ -324,6 +334,14 @@ def prepare_job(job: Job, plan: Plan, request: RenderRequest) -> dict:
 
 
 def check_export_possible(request: RenderRequest) -> None:
+    """Everything the export will need, checked before hours of rendering, not after."""
+    from tutortoietts.mastering import load_profile
+    from tutortoietts.subtitles import check_kind
+
+    profile = load_profile(request.master)
+    if profile.format and request.fmt != profile.format:
+        raise UserError(f"--master {profile.name} writes {profile.format} files: leave out --format or use --format {profile.format}")
+    check_kind(request.subtitles)
     if request.fmt != "wav":
         from tutortoietts.stitch import require_ffmpeg
 
@@ -384,20 +402,23 @@ def storage_error(error: Exception, job_dir: Path, done: int) -> UserError:
 
 
 def stitch_job(job: Job, plan: Plan, request: RenderRequest) -> list[Path]:
-    """Chapters from the job's chunk files and pauses, one loudness gain for the book, exported.
+    """Chapters from the job's chunk files and pauses, mastered by the request's profile, tagged, exported.
 
-    Returns the book file first, then the per-chapter files.
+    Returns the book file first (the chapters folder when the profile writes no book file), then the
+    per-chapter files, then any subtitles.
     """
-    from tutortoietts.stitch import Segment, assemble_chapter, export_book, normalise_loudness
+    from tutortoietts.mastering import load_profile
+    from tutortoietts.stitch import Segment, finish_book
+    from tutortoietts.tags import book_tags
 
     chapters: dict[int, list] = {}
     titles: dict[int, str] = {}
     for row in job.rows():
-        chapters.setdefault(row.chapter, []).append(Segment(job.directory / row.audio_path, row.pause_after))
+        chapters.setdefault(row.chapter, []).append(Segment(job.directory / row.audio_path, row.pause_after, row.text))
         titles[row.chapter] = row.chapter_title
     order = sorted(chapters)
-    samples = normalise_loudness([assemble_chapter(chapters[number]) for number in order])
-    named = [(titles[number] or f"Chapter {position + 1}", audio) for position, (number, audio) in enumerate(zip(order, samples))]
-    title = request.title or getattr(plan.book, "title", "") or plan.book_path.stem
-    result = export_book(chapters=named, out_dir=job.directory, fmt=request.fmt, title=title, author=request.author)
+    named = [(titles[number] or f"Chapter {position + 1}", chapters[number]) for position, number in enumerate(order)]
+    tags = plan.tags or book_tags(plan.book, title=request.title, author=request.author, narrator=request.narrator,
+                                  cover=request.cover, voice=plan.voice.name)
+    result = finish_book(named, job.directory, request.fmt, tags, load_profile(request.master), request.subtitles)
     return result.paths()

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tutortoietts.commands.options import Device, ModelsDir, Precision, Preset, Quiet, Seed
+from tutortoietts.commands.options import Device, IncludeFrontMatter, Master, ModelsDir, Precision, Preset, Quiet, Seed
 from tutortoietts.errors import UserError
 
 DEFAULT_PRESET = "balanced_v2"
@@ -117,12 +117,20 @@ def summary_table(summary) -> Table:
     return table
 
 
+def record_run(request, summary) -> None:
+    """This machine's measured speed for the preset, for `tutortoietts chapters` estimates."""
+    from tutortoietts.speed import record_speed
+
+    if summary.rendered and summary.run_audio_seconds > 0:
+        record_speed(request.preset, request.device, summary.wall_seconds, summary.run_audio_seconds, request.models_dir)
+
+
 def generate(
-    book: Annotated[Path, typer.Argument(help="The manuscript: .txt or .md (chapters from headings).")],
+    book: Annotated[Path, typer.Argument(help="The manuscript: .epub, .txt, .md, .html, .docx or .pdf (chapters from its navigation or headings).")],
     voice: Annotated[Optional[str], typer.Option("--voice", "-v", help="Voice name (see `tutortoietts voices`), a folder or file of clips, or 'random'.")] = None,
     preset: Preset = DEFAULT_PRESET,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Job folder (default ./<book name>-audiobook/); rerun to resume.")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="m4b (chapters), mp3 (one file per chapter) or wav.")] = "m4b",
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="m4b (chapters), mp3 (one file per chapter) or wav; default m4b (mp3 for --master acx).")] = None,
     models_dir: ModelsDir = None,
     device: Device = "auto",
     precision: Precision = None,
@@ -134,16 +142,28 @@ def generate(
     quiet: Quiet = False,
     encoding: Annotated[Optional[str], typer.Option("--encoding", help="The manuscript's text encoding when it is not UTF-8 or UTF-16 (e.g. cp1252, latin-1).")] = None,
     low_vram: Annotated[bool, typer.Option("--low-vram", help="Keep the networks in CPU memory and move each to the GPU only for its stage (for small GPUs; slower).")] = False,
+    cover: Annotated[Optional[Path], typer.Option("--cover", help="Cover image (JPEG/PNG) to embed instead of the book's own.")] = None,
+    narrator: Annotated[Optional[str], typer.Option("--narrator", help="Narrator in the tags (default: 'Synthetic voice (<voice>)').")] = None,
+    include_front_matter: IncludeFrontMatter = False,
+    subtitles: Annotated[Optional[str], typer.Option("--subtitles", help="Also write subtitles, srt or vtt: one file per chapter and one for the book.")] = None,
+    master: Master = "default",
 ) -> None:
     """Turn a manuscript into an audiobook; an interrupted run resumes where it stopped."""
     from tutortoietts.render import RenderRequest, render_book
 
     if voice is None:
         raise UserError("choose a voice with --voice NAME (see `tutortoietts voices`), a folder of clips, or 'random'")
+    from tutortoietts.mastering import load_profile
+
+    profile = load_profile(master)
+    if fmt and profile.format and fmt.lower() != profile.format:
+        raise UserError(f"--master {profile.name} writes {profile.format} files: leave out --format or use --format {profile.format}")
+    fmt = (fmt or profile.format or "m4b").lower()
     request = RenderRequest(
         book=book, voice=voice, preset=preset, overrides=parse_set_options(settings or []), out_dir=out,
-        fmt=fmt.lower(), models_dir=models_dir, device=device, precision=precision, seed=seed, title=title,
-        author=author, force=force, low_vram=low_vram, encoding=encoding,
+        fmt=fmt, models_dir=models_dir, device=device, precision=precision, seed=seed, title=title,
+        author=author, force=force, low_vram=low_vram, encoding=encoding, cover=cover, narrator=narrator,
+        include_front_matter=include_front_matter, subtitles=subtitles.lower() if subtitles else None, master=master,
     )
     if quiet:
         summary = render_book(request, progress=print_notice)
@@ -151,4 +171,5 @@ def generate(
         with ProgressDisplay() as display:
             summary = render_book(request, progress=display)
         console.print(summary_table(summary))
+    record_run(request, summary)
     print(summary.outputs[0])  # the book; stdout carries nothing else, for scripts

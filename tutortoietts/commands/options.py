@@ -19,3 +19,11 @@ Precision = Annotated[
 Preset = Annotated[str, typer.Option("--preset", "-p", help="Preset name (see `tutortoietts presets`).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed; the same seed and text give the same audio.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; only errors and the final path.")]
+Master = Annotated[
+    str,
+    typer.Option("--master", help="Mastering profile: default, acx (Audible: 44.1 kHz 192k CBR MP3 per chapter), podcast (-16 LUFS), or your own (masters.toml)."),
+]
+IncludeFrontMatter = Annotated[
+    bool,
+    typer.Option("--include-front-matter", help="EPUB: also read the cover page, title page, copyright, contents and index (left out by default)."),
+]
