@@ -1,4 +1,5 @@
-"""EPUBs built for the tests with ebooklib: EPUB 3 and 2, notes, cover, series, nested or missing navigation."""
+"""EPUBs built for the tests with ebooklib: EPUB 3 and 2, notes, cover, series, nested or missing navigation,
+and the same book damaged in each way the bad-input list names."""
 
 from __future__ import annotations
 
@@ -117,3 +118,71 @@ def rewrite_entry(path: Path, name: str, change) -> None:
 def add_entry(path: Path, name: str, data: bytes) -> None:
     with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(name, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad books: each case damages the test book one way; the second item is the words its error line holds.
+
+
+def drm(path: Path) -> None:
+    add_entry(path, "META-INF/encryption.xml", (
+        b"<encryption xmlns='urn:oasis:names:tc:opendocument:xmlns:container' xmlns:enc='http://www.w3.org/2001/04/xmlenc#'>"
+        b"<enc:EncryptedData><enc:EncryptionMethod Algorithm='http://www.w3.org/2001/04/xmlenc#aes128-cbc'/>"
+        b"<enc:CipherData><enc:CipherReference URI='EPUB/chapter1.xhtml'/></enc:CipherData></enc:EncryptedData></encryption>"))
+
+
+def font_obfuscation(path: Path) -> None:
+    add_entry(path, "META-INF/encryption.xml", (
+        b"<encryption xmlns='urn:oasis:names:tc:opendocument:xmlns:container' xmlns:enc='http://www.w3.org/2001/04/xmlenc#'>"
+        b"<enc:EncryptedData><enc:EncryptionMethod Algorithm='http://www.idpf.org/2008/embedding'/>"
+        b"<enc:CipherData><enc:CipherReference URI='EPUB/fonts/serif.otf'/></enc:CipherData></enc:EncryptedData></encryption>"))
+
+
+XXE = b"<?xml version='1.0'?><!DOCTYPE html [<!ENTITY secret SYSTEM 'file:///etc/passwd'>]>"
+BOMB = (b"<?xml version='1.0'?><!DOCTYPE html [<!ENTITY a 'aaaaaaaaaa'>" + b"".join(
+    f"<!ENTITY {chr(98 + i)} '{('&' + chr(97 + i) + ';') * 10}'>".encode() for i in range(9)) + b"]>")
+
+
+def with_doctype(doctype: bytes, reference: bytes):
+    def change(xml: bytes) -> bytes:
+        body = xml.split(b"?>", 1)[1] if xml.startswith(b"<?xml") else xml
+        return doctype + body.replace(b"The morning came at last.", reference)
+    return change
+
+
+def huge_cover(path: Path) -> None:
+    rewrite_entry(path, "EPUB/cover.png", lambda _: cover_image((9000, 9000)))
+
+
+def remove_container(path: Path) -> None:
+    with zipfile.ZipFile(path) as source:
+        entries = [(info, source.read(info.filename)) for info in source.infolist() if info.filename != "META-INF/container.xml"]
+    with zipfile.ZipFile(path, "w") as target:
+        for info, data in entries:
+            target.writestr(info, data)
+
+
+BAD_EPUBS = {
+    "drm": (drm, "is DRM-protected: META-INF/encryption.xml encrypts 1 content file(s) (e.g. EPUB/chapter1.xhtml)"),
+    "not-a-zip": (lambda p: p.write_bytes(b"%PDF-1.4 this is no zip"), "is not a valid EPUB (not a zip archive, or a damaged one)"),
+    "truncated-zip": (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "is not a valid EPUB (not a zip archive, or a damaged one)"),
+    "missing-opf": (lambda p: rewrite_entry(p, "META-INF/container.xml", lambda x: x.replace(b"content.opf", b"gone.opf")),
+                    "is not a valid EPUB: its OPF package file EPUB/gone.opf is missing"),
+    "external-entity": (lambda p: rewrite_entry(p, "EPUB/chapter2.xhtml", with_doctype(XXE, b"&secret;")), "declares XML entities"),
+    "entity-bomb": (lambda p: rewrite_entry(p, "EPUB/chapter2.xhtml", with_doctype(BOMB, b"&j;")), "declares XML entities"),
+    "dotdot-entry": (lambda p: add_entry(p, "../../evil.sh", b"rm -rf /"), "holds an unsafe file name '../../evil.sh'"),
+    "absolute-entry": (lambda p: add_entry(p, "/etc/cron.d/evil", b"* * * * * root true"), "holds an unsafe file name '/etc/cron.d/evil'"),
+    "enormous-cover": (huge_cover, "is enormous (9000 x 9000 pixels)"),
+    "missing-container": (remove_container, "is not a valid EPUB: META-INF/container.xml is missing"),
+    "all-front-matter": (lambda p: build_epub(p, version=3, front_only=True), "has nothing to read but front and back matter"),
+}
+
+
+
+
+def bad_epub(folder: Path, case: str) -> Path:
+    """The test book with one thing wrong, by case name."""
+    damage, _ = BAD_EPUBS[case]
+    path = build_epub(folder / f"{case}.epub", version=3, cover=cover_image())
+    damage(path)
+    return path

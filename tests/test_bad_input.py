@@ -23,6 +23,7 @@ from tests.cli_support import (
     cli_in_process,
     one_error_line,
 )
+from tests.epub_support import BAD_EPUBS, bad_epub
 
 BOOK = "# Small Book\n\n## One\n\nHello there, this is the first chunk.\n\nAnd this is a second paragraph.\n\n## Two\n\nThe end.\n"
 RESULTS: dict[str, str] = {}  # case -> the error line it gave, for the summary
@@ -195,6 +196,11 @@ CASES = [
          ("unknown --encoding 'klingon'",)),
     Case("wrong-encoding", lambda b: b.args("--encoding", "ascii", book=b.file("cp1252.txt", "Caf\u00e9.".encode("cp1252"))),
          ("not ascii text", "offset 3")),
+    # EPUB files (tests/epub_support.py damages a small test book one way each): DRM, not a zip, a
+    # damaged zip, no container or OPF, XML entities (external and a bomb), ../ and absolute entry
+    # names (never extracted), an enormous cover, nothing but front matter.
+    *[Case(f"epub-{name}", lambda b, name=name: b.args(book=bad_epub(b.folder("epubs"), name)), (f"{name}.epub", words))
+      for name, (_, words) in BAD_EPUBS.items()],
     # Voices.
     Case("unknown-voice", lambda b: b.args(voice="emmma"), ("unknown voice 'emmma'", "did you mean emma")),
     Case("empty-voice", lambda b: b.args(voice=" "), ("--voice is empty",)),

@@ -281,6 +281,46 @@ def test_read_book_of_any_bytes(tmp_path, capsys):
     run_counted("read_book of random bytes", capsys, 200, st.tuples(raw, st.sampled_from([".txt", ".md", ".markdown"])), check)
 
 
+EPUB_CONTAINER = (b"<?xml version='1.0'?><container xmlns='urn:oasis:names:tc:opendocument:xmlns:container' version='1.0'>"
+                  b"<rootfiles><rootfile full-path='OEBPS/content.opf' media-type='application/oebps-package+xml'/></rootfiles></container>")
+EPUB_OPF = (b"<?xml version='1.0'?><package xmlns='http://www.idpf.org/2007/opf' version='3.0' unique-identifier='id'>"
+            b"<metadata xmlns:dc='http://purl.org/dc/elements/1.1/'><dc:identifier id='id'>x</dc:identifier><dc:title>T</dc:title></metadata>"
+            b"<manifest><item id='nav' href='nav.xhtml' media-type='application/xhtml+xml' properties='nav'/>"
+            b"<item id='ch' href='ch.xhtml' media-type='application/xhtml+xml'/></manifest><spine><itemref idref='ch'/></spine></package>")
+EPUB_NAV = (b"<html xmlns='http://www.w3.org/1999/xhtml' xmlns:epub='http://www.idpf.org/2007/ops'><body><nav epub:type='toc'>"
+            b"<ol><li><a href='ch.xhtml'>One</a></li></ol></nav></body></html>")
+EPUB_CHAPTER = b"<html xmlns='http://www.w3.org/1999/xhtml'><body><h1>One</h1><p>Some words to read.</p></body></html>"
+
+
+def test_read_book_of_random_epub_zips(tmp_path, capsys):
+    """A zip that says it is an EPUB (its mimetype entry), each part valid, damaged or random bytes:
+    read_book gives a book or one UserError line, never another exception."""
+    import zipfile
+
+    def part(valid: bytes):
+        inserted = st.tuples(st.integers(0, len(valid)), st.binary(min_size=1, max_size=24))
+        return st.one_of(st.just(valid), st.binary(max_size=200),
+                         inserted.map(lambda cut: valid[: cut[0]] + cut[1] + valid[cut[0] :]),
+                         st.integers(0, len(valid)).map(lambda n: valid[:n]))
+
+    def check(container, opf, nav, chapter):
+        path = tmp_path / "book.epub"
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("mimetype", "application/epub+zip")
+            for name, data in (("META-INF/container.xml", container), ("OEBPS/content.opf", opf), ("OEBPS/nav.xhtml", nav),
+                               ("OEBPS/ch.xhtml", chapter)):
+                archive.writestr(name, data)
+        try:
+            book = read_book(path)
+        except UserError as error:
+            assert "\n" not in str(error)
+            return
+        assert isinstance(book, Book) and book.chapters
+
+    parts = st.tuples(part(EPUB_CONTAINER), part(EPUB_OPF), part(EPUB_NAV), part(EPUB_CHAPTER))
+    run_counted("read_book of random EPUB zips", capsys, 200, parts, check)
+
+
 # ---------------------------------------------------------------------------------------------
 # Explicit cases from the bad-input list
 
