@@ -19,9 +19,11 @@ app = typer.Typer(
 
 def _register() -> None:
     # Here rather than at import time, so that importing tutortoietts.cli (tests, tools) stays cheap.
+    from tutortoietts.commands.say import say
     from tutortoietts.commands import bench, chapters, check, generate, library, models, profile
 
     app.command("generate")(generate.generate)
+    app.command("say")(say)
     app.command("chapters")(chapters.chapters)
     app.command("check")(check.check)
     app.command("voices")(library.voices)
