@@ -85,7 +85,8 @@ def test_settings_names_are_reference_keywords():
     from tortoise import api
 
     keywords = set(inspect.signature(api.TextToSpeech.tts).parameters)
-    ours_only = {"sampler", "precision", "autoregressive_batch_size", "decoder"}
+    ours_only = {"sampler", "precision", "autoregressive_batch_size", "decoder", "diffusion_steps",
+                 "diffusion_steps_range", "ar_layers"}
     assert set(FIELD_NAMES) - ours_only <= keywords
 
 

@@ -164,7 +164,7 @@ def plan_render(request: RenderRequest) -> Plan:
     for chunk in chunks:
         seed = chunk_seed(request.seed, chunk.text)
         ar = ar_key(chunk.text, voice_fp, settings, seed, weights_fp)
-        key = audio_key(ar, settings)
+        key = audio_key(ar, settings.for_text(chunk.text))  # the chunk's own diffusion steps when "auto"
         ar_keys[key] = ar
         title = book.chapters[chunk.chapter].title
         planned.append(PlannedChunk(chunk.chapter, chunk.index, title, chunk.text, chunk.pause_after, seed, key))

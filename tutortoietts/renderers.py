@@ -96,7 +96,7 @@ def render_one(tts, voice: VoiceLatents, settings, task: RenderTask) -> RenderRe
     start = time.perf_counter()
     try:
         ar = task.ar if task.ar is not None else tts.autoregressive_stage(task.text, voice, settings, task.seed)
-        clip = tts.audio_stage(ar, voice, settings, task.seed)
+        clip = tts.audio_stage(ar, voice, settings.for_text(task.text), task.seed)
     except Exception as error:  # this chunk's own problem; KeyboardInterrupt and SIGTERM are not Exceptions
         return RenderResult(task, error=f"{type(error).__name__}: {error}", seconds=time.perf_counter() - start)
     return RenderResult(task, clip.samples.reshape(-1).float().cpu(), clip.sample_rate, ar,

@@ -18,14 +18,18 @@ from tutortoietts.errors import UserError
 # generator one after another, so a different split samples different codes.
 AUTOREGRESSIVE_FIELDS = (
     "num_autoregressive_samples", "temperature", "top_p", "repetition_penalty",
-    "length_penalty", "max_mel_tokens", "precision", "autoregressive_batch_size",
+    "length_penalty", "max_mel_tokens", "precision", "autoregressive_batch_size", "ar_layers",
 )
 # What autoregressive_batch_size = 0 means: the reference's batch on a large GPU. A fixed number,
 # not one fitted to free memory, because the batch split changes the sampled codes.
 DEFAULT_AUTOREGRESSIVE_BATCH = 16
 DIFFUSION_FIELDS = (
     "diffusion_iterations", "cond_free", "cond_free_k", "diffusion_temperature", "sampler", "precision",
+    "diffusion_steps", "diffusion_steps_range",
 )
+# Later settings enter a cache key only when they differ from these values, so keys made before
+# they existed (every preset leaves them here) still match.
+KEY_NEUTRAL = {"ar_layers": (), "diffusion_steps": "fixed", "diffusion_steps_range": ()}
 # With the hifi decoder the audio depends on no diffusion setting; with "diffusion" the audio
 # stage's fields stay DIFFUSION_FIELDS alone, so keys made before `decoder` existed still match.
 HIFI_FIELDS = ("decoder", "precision")
@@ -59,6 +63,14 @@ class Settings:
     # Performance.
     precision: str = "fp32"
     autoregressive_batch_size: int = 0  # 0 = DEFAULT_AUTOREGRESSIVE_BATCH (16) samples per batch
+    # Adaptive diffusion steps: "fixed" runs diffusion_iterations; "auto" picks each chunk's count
+    # from its text's complexity (the chunker's measure) within diffusion_steps_range [min, max]
+    # (empty: [diffusion_iterations / 2, diffusion_iterations]). See for_text().
+    diffusion_steps: str = "fixed"
+    diffusion_steps_range: tuple = ()
+    # Experimental (the layer-ablation study): the autoregressive blocks to run, by index; the
+    # others are skipped (identity). Empty = every block, as in every built-in preset.
+    ar_layers: tuple = ()
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -79,7 +91,7 @@ class Settings:
 
     def autoregressive_fields(self) -> dict:
         """The values the autoregressive stage (sampling, reranking, latents) depends on."""
-        fields = {name: getattr(self, name) for name in AUTOREGRESSIVE_FIELDS}
+        fields = _key_fields(self, AUTOREGRESSIVE_FIELDS)
         fields["autoregressive_batch_size"] = self.batch_size()  # 0 and 16 sample the same codes
         return fields
 
@@ -88,8 +100,19 @@ class Settings:
         return min(self.num_autoregressive_samples, self.autoregressive_batch_size or DEFAULT_AUTOREGRESSIVE_BATCH)
 
     def diffusion_fields(self) -> dict:
-        """The values the diffusion stage depends on."""
-        return {name: getattr(self, name) for name in DIFFUSION_FIELDS}
+        """The values the diffusion stage depends on (for one chunk: see for_text)."""
+        return _key_fields(self, DIFFUSION_FIELDS)
+
+    def for_text(self, text: str) -> "Settings":
+        """These settings for one chunk: with diffusion_steps "auto", diffusion_iterations becomes the
+        count adaptive_diffusion_steps picks for `text` (and diffusion_steps "fixed"), so the audio
+        stage and the audio cache key both see the count that chunk runs. Otherwise unchanged."""
+        if self.diffusion_steps != "auto":
+            return self
+        low, high = self.diffusion_steps_range or (
+            max(limits.MIN_DIFFUSION_STEPS, self.diffusion_iterations // 2), self.diffusion_iterations)
+        return dataclasses.replace(self, diffusion_iterations=adaptive_diffusion_steps(text, low, high),
+                                   diffusion_steps="fixed", diffusion_steps_range=())
 
     def audio_fields(self) -> dict:
         """The values the audio stage depends on: diffusion's, or the hifi decoder's (HIFI_FIELDS)."""
@@ -99,6 +122,28 @@ class Settings:
 
 
 FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Settings))
+
+
+def _key_fields(settings: Settings, names: tuple[str, ...]) -> dict:
+    values = {name: getattr(settings, name) for name in names}
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()
+            if name not in KEY_NEUTRAL or value != KEY_NEUTRAL[name]}
+
+
+def text_complexity(text: str) -> float:
+    """0 (simple), 0.5 or 1 (dense): the chunker's complexity classes (chunking.target_chars), in order."""
+    from tutortoietts.chunking import ChunkLimits, target_chars
+
+    limits_ = ChunkLimits()
+    levels = {limits_.simple_chars: 0.0, limits_.default_chars: 0.5, limits_.dense_chars: 1.0}
+    return levels[target_chars(text, limits_)]
+
+
+def adaptive_diffusion_steps(text: str, low: int, high: int) -> int:
+    """Diffusion steps for one chunk: `low` for simple text, `high` for dense text (numbers, heavy
+    punctuation, long words), halfway between otherwise. A function of the text alone, so a chunk
+    always gets the same count (and the same audio key)."""
+    return low + int(text_complexity(text) * (high - low) + 0.5)
 
 
 def _checked_type(name: str, kind: str, value):
@@ -115,6 +160,10 @@ def _checked_type(name: str, kind: str, value):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise UserError(f"setting {name} must be a number, got {value!r}")
+    if kind == "tuple":  # a TOML or JSON list of whole numbers
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        raise UserError(f"setting {name} must be a list of whole numbers, got {value!r}")
     if isinstance(value, str):
         return value
     raise UserError(f"setting {name} must be a string, got {value!r}")

@@ -33,6 +33,11 @@ def parse_set_options(values: list[str]) -> dict:
 def _parse_value(raw: str):
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
+    if raw.startswith("[") and raw.endswith("]"):  # a list of whole numbers: diffusion_steps_range, ar_layers
+        try:
+            return [int(part) for part in raw[1:-1].split(",") if part.strip()]
+        except ValueError:
+            pass
     for kind in (int, float):
         try:
             return kind(raw)

@@ -61,6 +61,15 @@ RULES: dict[str, Rule] = {
     "precision": Rule(lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
     "autoregressive_batch_size": Rule(lambda v: v >= 0, "0 (the default, 16) or more"),
     "decoder": Rule(lambda v: v in DECODERS, "one of " + ", ".join(DECODERS)),
+    "diffusion_steps": Rule(lambda v: v in ("fixed", "auto"),
+                            '"fixed" (diffusion_iterations) or "auto" (per chunk, from its text, within diffusion_steps_range)'),
+    "diffusion_steps_range": Rule(
+        lambda v: v == () or (len(v) == 2 and MIN_DIFFUSION_STEPS <= v[0] <= v[1] <= TRAINED_STEPS),
+        f"[min, max] with {MIN_DIFFUSION_STEPS} <= min <= max <= {TRAINED_STEPS}, or [] for [diffusion_iterations / 2, diffusion_iterations]",
+    ),
+    # Which blocks exist depends on the checkpoint: the engine checks the upper end when it applies them.
+    "ar_layers": Rule(lambda v: all(i >= 0 for i in v) and len(set(v)) == len(v),
+                      "distinct autoregressive block indices, 0 or more ([] runs every block)"),
 }
 
 

@@ -343,6 +343,9 @@ class Tortoise:
         """Latents (n, T, d_ar) -> denormalised mel (n, 100, T * 4 * 24000 // 22050), float32."""
         from tutortoietts.engine.diffusion import sample_mel
 
+        if getattr(settings, "diffusion_steps", "fixed") != "fixed":
+            # The count depends on the chunk's text, which only the caller knows (Settings.for_text).
+            raise ValueError('diffusion_steps "auto" must be resolved per chunk (settings.for_text(text)) before diffusion')
         steps = (lambda i, n: progress("diffusion", i, n)) if progress is not None else None
         mel = sample_mel(
             self.diffusion,
