@@ -164,3 +164,20 @@ def test_epub_renders_to_m4b_with_chapters_cover_and_tags(workspace, models, tmp
     assert len(list((out / "chapters").glob("*.vtt"))) == 3
     chapter_files = sorted((out / "chapters").glob("*.m4a"))
     assert len(chapter_files) == 3 and all(probe_streams(f)["format"]["tags"].get("genre") == "Audiobook" for f in chapter_files)
+
+
+def test_render_estimate_comes_from_measured_runs(tmp_path, monkeypatch, models):
+    """The chapters table's speed: the default until a run is recorded, then this machine's, then scaled."""
+    from tutortoietts.settings import load_preset
+    from tutortoietts.speed import estimate, record_speed
+
+    monkeypatch.setenv("TUTORTOIETTS_CACHE", str(tmp_path / "cache"))
+    fast, slow = load_preset("ultra_fast_v2"), load_preset("balanced_v2")
+    assert "no run measured" in estimate("ultra_fast_v2", fast, "cpu", models).source
+    record_speed("ultra_fast_v2", "cpu", wall_seconds=30.0, audio_seconds=10.0, models_dir=models)
+    record_speed("ultra_fast_v2", "cpu", wall_seconds=10.0, audio_seconds=10.0, models_dir=models)
+    measured = estimate("ultra_fast_v2", fast, "cpu", models)
+    assert measured.seconds_per_audio_second == 2.0 and "measured on this machine (cpu): 2 generate run(s)" in measured.source
+    scaled = estimate("balanced_v2", slow, "cpu", models)
+    assert scaled.seconds_per_audio_second > 2.0 and "scaled to balanced_v2" in scaled.source
+    assert "no run measured" in estimate("ultra_fast_v2", fast, "cpu", tmp_path / "other-weights").source

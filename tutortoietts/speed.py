@@ -46,14 +46,20 @@ def device_kind(device: str) -> str:
 
 
 def weights_id(models_dir: Path | None) -> str:
-    """The weights' fingerprint ("" when none are found): tiny test weights run far faster than real ones."""
-    from tutortoietts.engine.checkpoints import find_models_dir, weights_fingerprint
-    from tutortoietts.errors import UserError
+    """The weights' fingerprint ("" when none are found): tiny test weights run far faster than real ones.
 
-    try:
-        return weights_fingerprint(find_models_dir(models_dir))
-    except (UserError, OSError):
-        return ""
+    The folder is found as find_models_dir finds it, without opening the checkpoints (a dry run
+    should not read gigabytes); the fingerprint hashes sizes and a MiB of each, memoised.
+    """
+    from tutortoietts.engine.checkpoints import FILES, search_folders, weights_fingerprint
+
+    for folder in search_folders(models_dir):
+        if all((folder / name).is_file() for name in FILES.values()):
+            try:
+                return weights_fingerprint(folder)
+            except OSError:
+                return ""
+    return ""
 
 
 def read_runs() -> list[dict]:
