@@ -196,3 +196,38 @@ def test_the_autoregressive_tier_is_shared_with_diffusion(env, workspace, models
     assert second.returncode == 0 and "1 from the ar cache" in second.stderr
     samples, _ = soundfile.read(tmp_path / "hifi.wav", dtype="float32")
     assert np.abs(samples - np.clip(expected_audio(models, workspace["voice"], text), -1, 1)).max() <= 1.5 / 32767
+
+
+def test_generate_realtime_renders_a_whole_book(env, workspace, models, tmp_path, monkeypatch, capsys):
+    """The realtime preset through generate: every chunk is the hifi decoder's audio of its cached
+    autoregressive result, and the book is stitched from them."""
+    import torch
+
+    from tests.cli_support import EXAMPLE_BOOK, job_rows
+    from tutortoietts.cache import Cache
+    from tutortoietts.engine import Tortoise
+    from tutortoietts.render import RenderRequest, plan_render
+    from tutortoietts.voices import find_voice, load_voice_clips
+
+    job = tmp_path / "job"
+    result = cli_in_process("generate", EXAMPLE_BOOK, "--voice", workspace["voice"], "--preset", "realtime",
+                            "--models-dir", models, "--format", "wav", "--out", job, *BASE, "-q",
+                            monkeypatch=monkeypatch, capsys=capsys)
+    assert result.returncode == 0, result.stderr
+    rows = job_rows(job)
+    assert rows and all(status == "done" and attempts == 1 for _, _, status, attempts, *_ in rows)
+    book = soundfile.info(result.stdout.strip())
+    assert book.samplerate == 24000 and book.duration > sum(row[5] for row in rows)  # chunks plus pauses
+    plan = plan_render(RenderRequest(book=EXAMPLE_BOOK, voice=str(workspace["voice"]), preset="realtime",
+                                     models_dir=models, device="cpu", precision="fp32", out_dir=job))
+    assert plan.settings.decoder == "hifi"
+    tts = Tortoise.load(models, device="cpu", precision="fp32")
+    voice = tts.voice_latents(load_voice_clips(find_voice(str(workspace["voice"]))))
+    with Cache() as cache:
+        for chunk in plan.chunks[:4]:
+            ar = cache.get_ar(plan.ar_keys[chunk.cache_key])
+            clip = tts.audio_stage(ar, voice, plan.settings, chunk.seed)
+            written, _ = soundfile.read(job / "chunks" / f"{chunk.chapter}-{chunk.index}.wav", dtype="float32")
+            assert written.shape == clip.samples.shape
+            assert np.abs(written - clip.samples.numpy()).max() <= 1e-5
+            assert ar.chosen == 0 and torch.isnan(ar.scores).all()  # one candidate, not ranked

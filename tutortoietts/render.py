@@ -127,6 +127,15 @@ def resolve_weights(models_dir: Path | None) -> tuple[Path, str]:
     return directory, weights_fingerprint(directory)
 
 
+def hifi_weights(models_dir: Path) -> str:
+    """For the hifi decoder: hifidecoder.pth checked (one line now, before a job is touched, when it
+    is missing or damaged) -> its fingerprint, which the audio keys hold."""
+    from tutortoietts.engine.checkpoints import optional_fingerprint, require_optional
+
+    require_optional(models_dir, "hifidecoder")
+    return optional_fingerprint(models_dir, "hifidecoder")
+
+
 def concrete_precision(settings, device: str):
     """Settings with precision "auto" replaced by what it means on this device, so cache keys
     never mix bf16 results from a GPU with fp32 ones from a CPU."""
@@ -156,6 +165,7 @@ def plan_render(request: RenderRequest) -> Plan:
     voice = find_voice(request.voice)
     voice_fp = voice_fingerprint(voice, request.seed)
     models_dir, weights_fp = resolve_weights(request.models_dir)
+    decoder_fp = hifi_weights(models_dir) if settings.decoder == "hifi" else None
     # Chunks are sized for the generation length this run asks for.
     chunks = chunk_book(book, ChunkLimits(max_mel_tokens=settings.max_mel_tokens))
     if not chunks:
@@ -164,7 +174,7 @@ def plan_render(request: RenderRequest) -> Plan:
     for chunk in chunks:
         seed = chunk_seed(request.seed, chunk.text)
         ar = ar_key(chunk.text, voice_fp, settings, seed, weights_fp)
-        key = audio_key(ar, settings.for_text(chunk.text))  # the chunk's own diffusion steps when "auto"
+        key = audio_key(ar, settings.for_text(chunk.text), decoder_fp)  # the chunk's own diffusion steps when "auto"
         ar_keys[key] = ar
         title = book.chapters[chunk.chapter].title
         planned.append(PlannedChunk(chunk.chapter, chunk.index, title, chunk.text, chunk.pause_after, seed, key))

@@ -152,8 +152,7 @@ class Speaker:
     def __init__(self, voice: str, preset: str, overrides: dict, models_dir, device: str, precision: str | None,
                  seed: int, cache_dir=None):
         from tutortoietts.cache import Cache
-        from tutortoietts.engine.checkpoints import optional_fingerprint, require_optional
-        from tutortoietts.render import concrete_precision, resolve_weights
+        from tutortoietts.render import concrete_precision, hifi_weights, resolve_weights
         from tutortoietts.settings import load_preset
         from tutortoietts.voices import find_voice, voice_fingerprint
 
@@ -164,10 +163,7 @@ class Speaker:
         self.seed, self.device = seed, device
         self.voice_fp = voice_fingerprint(self.voice, seed)
         self.models_dir, self.weights_fp = resolve_weights(models_dir)
-        self.decoder_fp = None
-        if self.settings.decoder == "hifi":
-            require_optional(self.models_dir, "hifidecoder")  # one line now, not after loading
-            self.decoder_fp = optional_fingerprint(self.models_dir, "hifidecoder")
+        self.decoder_fp = hifi_weights(self.models_dir) if self.settings.decoder == "hifi" else None
         self.cache = Cache(cache_dir)
         self.tts = None
         self.latents = None
