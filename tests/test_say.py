@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 import types
@@ -231,3 +232,45 @@ def test_generate_realtime_renders_a_whole_book(env, workspace, models, tmp_path
             assert written.shape == clip.samples.shape
             assert np.abs(written - clip.samples.numpy()).max() <= 1e-5
             assert ar.chosen == 0 and torch.isnan(ar.scores).all()  # one candidate, not ranked
+
+
+# --- chapter previews: generate --chapters ----------------------------------------------------------
+
+
+def test_chapter_preview_then_the_rest_renders_each_chunk_once(env, workspace, models, tmp_path, monkeypatch, capsys):
+    from tests.cli_support import EXAMPLE_BOOK, FAST, job_rows
+
+    job = tmp_path / "job"
+    base = ["generate", EXAMPLE_BOOK, "--voice", workspace["voice"], "--models-dir", models, "--format", "wav",
+            "--out", job, *FAST, "-q"]
+    preview = cli_in_process(*base, "--chapters", "1,3-4", monkeypatch=monkeypatch, capsys=capsys)
+    assert preview.returncode == 0, preview.stderr
+    rows = job_rows(job)
+    done = {chapter for chapter, _, status, *_ in rows if status == "done"}
+    pending = {chapter for chapter, _, status, *_ in rows if status == "pending"}
+    assert done == {0, 2, 3} and pending == {1}  # chapter 2 (index 1) waits
+    outputs = [line for line in preview.stdout.splitlines() if line.strip()]
+    assert outputs and all("preview" in Path(line).parts for line in outputs)
+    assert soundfile.info(outputs[0]).duration > 0
+    assert not list(job.glob("*.wav"))  # no book file from a preview
+    before = {(chapter, index): (checksum, attempts) for chapter, index, status, attempts, checksum, *_ in rows if status == "done"}
+
+    rest = cli_in_process(*base, monkeypatch=monkeypatch, capsys=capsys)
+    assert rest.returncode == 0, rest.stderr
+    rows = job_rows(job)
+    assert all(status == "done" and attempts == 1 for _, _, status, attempts, *_ in rows)  # nothing rendered twice
+    assert all(before[(chapter, index)] == (checksum, attempts)
+               for chapter, index, _, attempts, checksum, *_ in rows if (chapter, index) in before)
+    assert Path(rest.stdout.strip()).parent == job and soundfile.info(rest.stdout.strip()).duration > 0
+
+
+@pytest.mark.parametrize("spec, words", [("9", "the book has chapters 1 to 4"), ("2-1", "the book has chapters 1 to 4"),
+                                         ("one", "numbers and ranges like 1,3-4"), ("0", "chapters 1 to 4")])
+def test_bad_chapter_lists_are_one_line(env, workspace, models, tmp_path, monkeypatch, capsys, spec, words):
+    from tests.cli_support import EXAMPLE_BOOK, FAST
+
+    line = one_error_line(cli_in_process("generate", EXAMPLE_BOOK, "--voice", workspace["voice"], "--models-dir", models,
+                                         "--format", "wav", "--out", tmp_path / "job", *FAST, "--chapters", spec,
+                                         monkeypatch=monkeypatch, capsys=capsys))
+    assert words in line
+    assert not (tmp_path / "job").exists()  # refused before the job folder was made

@@ -48,6 +48,7 @@ class RenderRequest:
     cache_dir: Path | None = None
     low_vram: bool = False  # networks on the GPU only during their stage
     encoding: str | None = None  # the manuscript's text encoding when it is not UTF-8/UTF-16
+    chapters: str | None = None  # --chapters "1,3-4": a preview of those chapters (1-based) into the same job
     cover: Path | None = None  # an image to embed instead of the book's own cover
     narrator: str | None = None  # the narrator tag (default: the synthetic voice's name)
     include_front_matter: bool = False  # EPUB: read the cover page, title page, copyright, contents, index too
@@ -358,16 +359,42 @@ def check_export_possible(request: RenderRequest) -> None:
         require_ffmpeg()  # before hours of rendering, not after
 
 
+def preview_chapters(spec: str | None, plan: Plan) -> set[int] | None:
+    """--chapters "1,3-4" -> the chapters' indexes in the book (0-based); None for the whole book.
+    Numbers are 1-based, as `tutortoietts chapters` lists them."""
+    if spec is None:
+        return None
+    count = len(plan.book.chapters)
+    chosen: set[int] = set()
+    for part in spec.replace(" ", "").split(","):
+        first, dash, last = part.partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            raise UserError(f"--chapters wants numbers and ranges like 1,3-4, got {spec!r}") from None
+        if not 1 <= low <= high <= count:
+            raise UserError(f"--chapters {part}: the book has chapters 1 to {count} (see `tutortoietts chapters`)")
+        chosen.update(range(low - 1, high))
+    with_text = {chunk.chapter for chunk in plan.chunks}
+    if not chosen & with_text:
+        raise UserError(f"--chapters {spec}: nothing to read in those chapters")
+    return chosen
+
+
 def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None] | None = None,
                 engine_loader: Callable | None = None, renderer: Renderer | None = None) -> RenderSummary:
     """Plan, render every pending chunk, then stitch and export; failures end in RenderFailed after the rest is saved."""
     started = time.perf_counter()
     plan = plan_render(request)
+    preview = preview_chapters(request.chapters, plan)  # --chapters: render only these now, the rest stay pending
     check_export_possible(request)
     with Cache(request.cache_dir) as cache, Job.open(plan.job_dir) as job:
         state = prepare_job(job, plan, request)
         pending = job.rows("pending")
         total = len(plan.chunks)
+        if preview is not None:
+            pending = [row for row in pending if row.chapter in preview]
+            total = sum(1 for chunk in plan.chunks if chunk.chapter in preview)
         tracker = ProgressTracker(progress, total - len(pending), total, len(pending))
         tracker.notices([*cache.take_notices(), *job.notices, *repair_notices(state)])
         already_done = tracker.done
@@ -378,10 +405,11 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
         tracker.emit(ProgressEvent("stitch", tracker.done, total, audio_seconds=counts.audio_seconds,
                                    wall_seconds=time.perf_counter() - tracker.start))
         try:
-            outputs = stitch_job(job, plan, request)
+            outputs = stitch_job(job, plan, request, preview)
         except (OSError, sqlite3.OperationalError) as error:
             raise storage_error(error, plan.job_dir, tracker.done) from None
-        job.mark_finished()
+        if preview is None:  # a preview leaves the book unfinished
+            job.mark_finished()
         book_audio = sum(row.duration or 0.0 for row in job.rows("done"))
     wall = time.perf_counter() - started
     tracker.emit(ProgressEvent("end", total, total, audio_seconds=counts.audio_seconds, wall_seconds=wall))
@@ -411,11 +439,12 @@ def storage_error(error: Exception, job_dir: Path, done: int) -> UserError:
     return UserError(f"{cause}; the {done} finished chunks are saved in {job_dir}: {fix} and run the same command again")
 
 
-def stitch_job(job: Job, plan: Plan, request: RenderRequest) -> list[Path]:
+def stitch_job(job: Job, plan: Plan, request: RenderRequest, preview: set[int] | None = None) -> list[Path]:
     """Chapters from the job's chunk files and pauses, mastered by the request's profile, tagged, exported.
 
     Returns the book file first (the chapters folder when the profile writes no book file), then the
-    per-chapter files, then any subtitles.
+    per-chapter files, then any subtitles. With `preview` (--chapters), only those chapters, into the
+    job's preview/ folder: the book's own files are written when the whole book is done.
     """
     from tutortoietts.mastering import load_profile
     from tutortoietts.stitch import Segment, finish_book
@@ -424,11 +453,15 @@ def stitch_job(job: Job, plan: Plan, request: RenderRequest) -> list[Path]:
     chapters: dict[int, list] = {}
     titles: dict[int, str] = {}
     for row in job.rows():
+        if preview is not None and row.chapter not in preview:
+            continue
         chapters.setdefault(row.chapter, []).append(Segment(job.directory / row.audio_path, row.pause_after, row.text))
         titles[row.chapter] = row.chapter_title
     order = sorted(chapters)
     named = [(titles[number] or f"Chapter {position + 1}", chapters[number]) for position, number in enumerate(order)]
     tags = plan.tags or book_tags(plan.book, title=request.title, author=request.author, narrator=request.narrator,
                                   cover=request.cover, voice=plan.voice.name)
-    result = finish_book(named, job.directory, request.fmt, tags, load_profile(request.master), request.subtitles)
+    out_dir = job.directory if preview is None else job.directory / "preview"
+    out_dir.mkdir(exist_ok=True)
+    result = finish_book(named, out_dir, request.fmt, tags, load_profile(request.master), request.subtitles)
     return result.paths()

@@ -147,6 +147,7 @@ def generate(
     quiet: Quiet = False,
     encoding: Annotated[Optional[str], typer.Option("--encoding", help="The manuscript's text encoding when it is not UTF-8 or UTF-16 (e.g. cp1252, latin-1).")] = None,
     low_vram: Annotated[bool, typer.Option("--low-vram", help="Keep the networks in CPU memory and move each to the GPU only for its stage (for small GPUs; slower).")] = False,
+    chapters: Annotated[Optional[str], typer.Option("--chapters", help="A preview: render only these chapters now (e.g. 1,3-4, numbered as `tutortoietts chapters` lists them) into the job and its preview/ folder; a run without --chapters renders the rest.")] = None,
     cover: Annotated[Optional[Path], typer.Option("--cover", help="Cover image (JPEG/PNG) to embed instead of the book's own.")] = None,
     narrator: Annotated[Optional[str], typer.Option("--narrator", help="Narrator in the tags (default: 'Synthetic voice (<voice>)').")] = None,
     include_front_matter: IncludeFrontMatter = False,
@@ -167,7 +168,7 @@ def generate(
     request = RenderRequest(
         book=book, voice=voice, preset=preset, overrides=parse_set_options(settings or []), out_dir=out,
         fmt=fmt, models_dir=models_dir, device=device, precision=precision, seed=seed, title=title,
-        author=author, force=force, low_vram=low_vram, encoding=encoding, cover=cover, narrator=narrator,
+        author=author, force=force, chapters=chapters, low_vram=low_vram, encoding=encoding, cover=cover, narrator=narrator,
         include_front_matter=include_front_matter, subtitles=subtitles.lower() if subtitles else None, master=master,
     )
     if quiet:
