@@ -91,6 +91,49 @@ def sampler_table(result: dict) -> Table:
     return table
 
 
+def run_studies(options, drop_layers, ablate: bool, speculative: bool, draft_layers, draft_models, say) -> dict:
+    """The research studies (devtools/research.py, devtools/ablation.py) on the bench's models, text and sizes."""
+    from tutortoietts.devtools import research
+
+    if not (drop_layers or ablate or speculative):
+        return {}
+    inputs = research.StudyInputs(models_dir=options.models_dir, device=options.device, text=options.text,
+                                  num_samples=options.num_samples, code_length=options.code_length,
+                                  diffusion_steps=options.diffusion_steps, quality=options.quality, repeats=options.repeats)
+    studies = {}
+    if drop_layers or ablate:
+        from tutortoietts.devtools.ablation import ablation_study
+
+        studies["ablation"] = ablation_study(inputs, list(drop_layers or []), sweep=ablate, progress=say)
+    if speculative:
+        studies["speculation"] = research.speculation_study(inputs, draft_layers=draft_layers, draft_models=draft_models,
+                                                            progress=say)
+    return studies
+
+
+def print_report(console: Console, report: dict) -> None:
+    """Every table the report has, the weights it ran on first; quality columns on random weights warned."""
+    from tutortoietts.devtools import research
+
+    origin = report.get("weights") or next((study["weights"] for study in (report.get("ablation"), report.get("speculation")) if study), None)
+    if origin:
+        console.print(research.weights_line(origin))
+    if "sides" in report:
+        for table in (speed_table(report), research.latency_table(report), hardware_table(report), fidelity_table(report), targets_table(report)):
+            console.print(table)
+    if "samplers" in report:
+        console.print(sampler_table(report["samplers"]))
+    if "quality" in report:
+        console.print(research.side_quality_table(report))
+    if "ablation" in report:
+        console.print(research.ablation_table(report["ablation"]))
+    if "speculation" in report:
+        console.print(research.speculation_table(report["speculation"]))
+    quality_shown = "quality" in report or any(entry.get("quality") for entry in report.get("ablation", {}).get("variants", []))
+    if quality_shown and origin and origin["kind"] != "official":
+        console.print(f"[bold]warning:[/bold] {research.QUALITY_WARNING}")
+
+
 def bench(
     models_dir: ModelsDir = None,
     device: Device = "cpu",
@@ -106,6 +149,13 @@ def bench(
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile our decode step (CUDA graphs on CUDA); compile time shows as warm-up.")] = False,
     warmup: Annotated[Optional[bool], typer.Option("--warmup/--no-warmup", help="A short untimed run per side first (default on, off with --quick).")] = None,
     samplers: Annotated[bool, typer.Option("--samplers", help="Also measure how close DPM-Solver++ / DDIM / the reference's DDPM land to a 200-step DDIM (same noise).")] = False,
+    quality: Annotated[bool, typer.Option("--quality", help="Our sides also speak the directive's four test texts; MCD, PESQ, STOI, log-mel against ours fp32.")] = False,
+    drop_layers: Annotated[Optional[list[str]], typer.Option("--drop-layers", help="Layer ablation: skip these autoregressive blocks, e.g. 20-29, every-3rd, 0,5,7 (repeatable); KL, top-1 agreement, speed (and quality with --quality) against the full model.")] = None,
+    ablate: Annotated[bool, typer.Option("--ablate", help="Layer ablation over a sweep of block sets (the last third, every 3rd, ...).")] = False,
+    speculative: Annotated[bool, typer.Option("--speculative", help="Speculative sampling at k = 2, 4, 8: acceptance rate and speed against plain sampling.")] = False,
+    draft_layers: Annotated[Optional[int], typer.Option("--draft-layers", help="--speculative draft: the model's own first N blocks (default: half).")] = None,
+    draft_models: Annotated[Optional[Path], typer.Option("--draft-models", help="--speculative draft: a folder with a smaller autoregressive.pth (and its tortoise-config.json).")] = None,
+    studies_only: Annotated[bool, typer.Option("--studies-only", help="Run only --drop-layers/--ablate/--speculative, not the side-by-side timing.")] = False,
 ) -> None:
     """Time the reference tortoise-tts and our engine on the same random full-size weights, stage by stage."""
     from tutortoietts.devtools import bench as bench_lib
@@ -115,23 +165,24 @@ def bench(
         raise UserError(f"models folder {directory} does not exist")
     changes = dict(device=device, text=text, num_samples=samples, code_length=codes, diffusion_steps=steps,
                    repeats=repeats, reference_no_kv=no_cache_reference, compile=compile, warmup=warmup,
-                   sides=tuple(side) if side else None)
+                   sides=tuple(side) if side else None, quality=quality)
     if quick:
         options = bench_lib.BenchOptions.quick_run(Path(directory), **changes)
     else:
         options = bench_lib.BenchOptions(models_dir=Path(directory), **{k: v for k, v in changes.items() if v is not None})
 
+    if studies_only and not (drop_layers or ablate or speculative):
+        raise UserError("--studies-only needs a study: --drop-layers, --ablate or --speculative")
     # Wide enough for the tables even when the output is a pipe or a file.
     console = Console(width=max(Console().width, 150))
     with console.status("benchmarking") as status:
-        report = bench_lib.run_bench(options, progress=lambda message: status.update(message))
+        say = lambda message: status.update(message)  # noqa: E731
+        report = {} if studies_only else bench_lib.run_bench(options, progress=say)
         if samplers:
             status.update("comparing samplers against a many-step DDIM")
             report["samplers"] = bench_lib.sampler_comparison(options, reference_steps=20 if quick else 200)
-    for table in (speed_table(report), hardware_table(report), fidelity_table(report), targets_table(report)):
-        console.print(table)
-    if "samplers" in report:
-        console.print(sampler_table(report["samplers"]))
+        report.update(run_studies(options, drop_layers, ablate, speculative, draft_layers, draft_models, say))
+    print_report(console, report)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2))

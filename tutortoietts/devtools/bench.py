@@ -27,6 +27,8 @@ from tutortoietts.errors import UserError
 from tutortoietts.devtools.profiling import autoregressive_network, measure_bandwidth
 from tutortoietts.engine.limits import CONDITIONING_SAMPLE_RATE, SAMPLE_RATE
 from tutortoietts.engine.timing import STAGES, StageTimer, peak_memory_bytes
+from tutortoietts.devtools.research import side_quality
+from tutortoietts.engine.checkpoints import weights_origin
 
 DEFAULT_TEXT = (
     "The old lighthouse keeper climbed the stairs each evening, counting every step, "
@@ -64,6 +66,7 @@ class BenchOptions:
     seed: int = 0
     sides: tuple[str, ...] | None = None  # names to run; None = every side for the device
     quick: bool = False  # also shrinks ultra_fast_v2's own samples and steps
+    quality: bool = False  # our sides also speak the directive's four texts, measured against ours fp32
 
     @classmethod
     def quick_run(cls, models_dir: Path, **changes) -> "BenchOptions":
@@ -202,6 +205,8 @@ def run_worker(spec_path: Path, out_dir: Path) -> None:
     timer = StageTimer(device)
     outputs = runner.synthesize(probe, timer, code_length=options["code_length"], diffusion_steps=None)
     probes = runner.probe(probe) if spec.get("probe", True) else {}
+    if options.get("quality") and side.kind == "ours" and spec.get("probe", True):
+        outputs.update(runner.quality_clips(probe))  # untimed, after the timed run
 
     result = dict(
         side=dataclasses.asdict(side),
@@ -324,6 +329,15 @@ class OurSide:
     def synthesize(self, probe: dict, timer: StageTimer, *, code_length: int, diffusion_steps: int | None) -> dict:
         settings = self.settings.replace(max_mel_tokens=code_length, diffusion_iterations=diffusion_steps)
         return our_synthesis(self.tts, self.options["text"], self.voice(probe), settings, self.options["seed"], timer)
+
+    def quality_clips(self, probe: dict) -> dict:
+        """`--quality`: the directive's four texts through the whole sequence, same voice, seed and code length."""
+        from tutortoietts.devtools.research import DIRECTIVE_TEXTS
+
+        settings = self.settings.replace(max_mel_tokens=self.options["code_length"])
+        timer = StageTimer(torch.device(self.options["device"]))
+        return {f"quality:{name}": our_synthesis(self.tts, text, self.voice(probe), settings, self.options["seed"], timer)["wav"]
+                for name, text in DIRECTIVE_TEXTS.items()}
 
     def probe(self, probe: dict) -> dict:
         """Fixed-input outputs: teacher-forced latents/logits, CLVP scores, a diffused mel, a vocoded wave, sampled codes."""
@@ -459,6 +473,10 @@ def summarise(options: BenchOptions, config: dict, sides: list[Side], runs: dict
             achieved_bandwidth_bytes_per_second=first["ar_weight_bytes"] * steps_per_second,
             audio_seconds=first["audio_seconds"],
             real_time_factor=(total / first["audio_seconds"]) if total and first["audio_seconds"] else None,
+            # Codes of all candidates per second; no side streams, so its first audio is its whole clip.
+            tokens_per_second=first["settings"].get("num_autoregressive_samples", first["settings"].get("num_samples", 1))
+            * first["ar_steps"] / ar_seconds,
+            time_to_first_audio_seconds=total,
             peak_memory_bytes=max(run["peak_memory_bytes"] for run in side_runs), memory_kind=first["memory_kind"],
         )
     baseline = report_sides.get(baseline_name)
@@ -478,6 +496,8 @@ def summarise(options: BenchOptions, config: dict, sides: list[Side], runs: dict
         sides=report_sides,
         fidelity=fidelity(runs),
         targets=targets(report_sides),
+        weights=weights_origin(options.models_dir),
+        **({"quality": side_quality(runs)} if options.quality else {}),
     )
 
 

@@ -402,6 +402,9 @@ def write_random_checkpoints(models_dir, config: str | dict = "tiny", seed: int 
         torch.save(payload, models_dir / filename)
         del state, payload
     (models_dir / CONFIG_FILE).write_text(json.dumps(overrides, indent=2) + "\n")
+    # What these files are, for every report made with them (weights_origin).
+    _write_origin(models_dir, {"origin": "random", "config": config if isinstance(config, str) else "custom",
+                               "seed": seed, "fingerprint": weights_fingerprint(models_dir)})
     return models_dir
 
 
@@ -460,6 +463,7 @@ def download(models_dir=None) -> Path:
         Path(os.environ["TORTOISE_MODELS_DIR"]).expanduser() if os.environ.get("TORTOISE_MODELS_DIR") else DEFAULT_MODELS_DIR
     )
     target.mkdir(parents=True, exist_ok=True)
+    verified: dict[str, str | None] = {}  # file -> the hub's sha256 it matched (None: the hub gave none)
     for filename in ALL_FILES.values():
         try:
             path = Path(hf_hub_download(repo_id=HF_REPO, filename=filename, local_dir=target))
@@ -476,6 +480,8 @@ def download(models_dir=None) -> Path:
             path.unlink()
             raise UserError(f"{filename} arrived damaged (sha256 {actual[:12]}..., the hub says {expected[:12]}...) and "
                             f"was deleted; run `tutortoietts models download` again")
+        verified[filename] = expected
+    _write_origin(target, {"origin": "official", "repo": HF_REPO, "sha256": verified})
     return target
 
 
@@ -493,3 +499,54 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --- what the weights are: official or random -----------------------------------------------------
+
+ORIGIN_FILE = "weights-origin.json"  # written beside the checkpoints by init-random and download
+
+
+def _write_origin(folder: Path, record: dict) -> None:
+    (Path(folder) / ORIGIN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_memo(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
+def weights_origin(models_dir) -> dict:
+    """Which weights a report ran on: {"kind": "random" | "official" | "unverified", "detail", "fingerprint", "sha256"}.
+
+    random: written by `models init-random` (its record's fingerprint still matches the files,
+    or, if the files changed since, still random-derived). official: every checkpoint's sha256
+    equals the Hugging Face hub's, as recorded when `models download` verified it. unverified:
+    anything else (copied in by hand, say); the sha256 of each file is listed so a reader can
+    compare it with the hub's. Hashing reads every file once (seconds for 3 GB), then is memoised.
+    """
+    folder = Path(models_dir)
+    fingerprint = weights_fingerprint(folder)
+    record = {}
+    path = folder / ORIGIN_FILE
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = {}
+    if record.get("origin") == "random":
+        changed = record.get("fingerprint") != fingerprint
+        detail = f"random weights from `models init-random` (config {record.get('config')}, seed {record.get('seed')})"
+        if changed:
+            detail += ", changed since they were written"
+        return {"kind": "random", "detail": detail, "fingerprint": fingerprint, "sha256": None}
+    hashes = {}
+    for name in FILES.values():
+        file = folder / name
+        info = file.stat()
+        hashes[name] = _sha256_memo(str(file.resolve()), info.st_size, info.st_mtime_ns)
+    expected = (record.get("sha256") or {}) if record.get("origin") == "official" else {}
+    if expected and all(expected.get(name) == digest for name, digest in hashes.items()):
+        return {"kind": "official", "detail": f"official weights: sha256 of each file equals the {HF_REPO} hub's",
+                "fingerprint": fingerprint, "sha256": hashes}
+    return {"kind": "unverified", "detail": "not written by init-random and not verified against the hub's sha256 "
+            "(compare the sha256 listed with huggingface.co/" + HF_REPO + ")", "fingerprint": fingerprint, "sha256": hashes}

@@ -400,6 +400,17 @@ class AutoregressiveModel(nn.Module):
                 attn.kv_cache = None  # free the old buffers before allocating new ones
                 attn.kv_cache = KVCache(max_batch, attn.heads, max_seq, self.model_dim // attn.heads, dtype, weight.device)
 
+    def keep_layers(self, kept) -> None:
+        """Run only these transformer blocks from now on (experimental layer ablation); () = every block.
+
+        The others become the identity: their residual branches are dropped, nothing else changes.
+        """
+        total = len(self.gpt.h)
+        outside = [index for index in kept if not 0 <= index < total]
+        if outside:
+            raise UserError(f"ar_layers names block {outside[0]}, but this autoregressive model has blocks 0 to {total - 1}")
+        self.gpt.skipped = frozenset(range(total)) - frozenset(kept) if kept else frozenset()
+
     def clear_caches(self) -> None:
         """Release the KV cache memory."""
         for block in self.gpt.h:

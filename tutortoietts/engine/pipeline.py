@@ -281,6 +281,7 @@ class Tortoise:
         """num_autoregressive_samples candidate code sequences as sampled: each row ends in stop
         tokens if it stopped. -> (num_autoregressive_samples, max_mel_tokens) int64
         on_step: hears each step's codes and latents (decoding.generate_codes), for streaming."""
+        self.autoregressive.keep_layers(getattr(settings, "ar_layers", ()))  # experimental; () = every block
         codes = self.autoregressive.sample(
             voice.autoregressive.to(self.device, self.dtype),
             text_ids.to(self.device),
