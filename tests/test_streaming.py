@@ -211,3 +211,19 @@ def test_stream_refuses_the_diffusion_decoder_and_stops_when_closed(tts, voice):
     import threading
 
     assert not any(t.name == "tutortoietts-stream" and t.is_alive() for t in threading.enumerate())
+
+
+def test_profile_runs_the_hifi_sequence(tiny_models_dir, tmp_path):
+    """`profile --preset realtime`: the stage table covers the hifi stages and adds up to the total."""
+    from tutortoietts.devtools.profiling import ProfileOptions, run_profile
+
+    report = run_profile(ProfileOptions(preset="realtime", models_dir=tiny_models_dir, codes=30, precision="fp32",
+                                        trace_path=tmp_path / "trace.json"))
+    parts = {row["part"]: row["seconds"] for row in report["breakdown"]}
+    print({part: round(seconds, 3) for part, seconds in parts.items()})
+    assert set(report["stage_seconds"]) == {"autoregressive", "rerank", "latents", "hifi"}
+    assert parts["hifi: decoder"] > 0 and parts["hifi: latents (autoregressive pass)"] > 0
+    assert "diffusion: network" not in parts and "vocoder" not in parts
+    assert sum(parts.values()) == pytest.approx(report["total_seconds"], rel=1e-6)
+    assert report["audio_seconds"] == pytest.approx(joined_length(30) / 24000)
+    assert (tmp_path / "trace.json").is_file()

@@ -161,6 +161,10 @@ def stage_breakdown(stage_seconds: dict[str, float], ranges: dict[str, float]) -
     ]
     for stage in ("rerank", "latents"):
         rows.append((stage, stage_seconds.get(stage, 0.0)))
+    if "hifi" in stage_seconds:  # decoder "hifi": its latents pass and the HiFi decoder, no diffusion or vocoder
+        hifi = stage_seconds["hifi"]
+        latents = min(ranges.get("hifi/hifi:latents", 0.0), hifi)
+        return rows + [("hifi: latents (autoregressive pass)", latents), ("hifi: decoder", max(hifi - latents, 0.0))]
     diffusion = stage_seconds.get("diffusion", 0.0)
     network = min(ranges.get("diffusion/diffusion:network", 0.0), diffusion)
     rows += [("diffusion: network", network), ("diffusion: solver and setup", max(diffusion - network, 0.0))]
