@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_support import FAST, cli, ffmpeg_missing, one_error_line
+from tests.cli_support import FAST, cli, cli_in_process, ffmpeg_missing, one_error_line
 
 pytestmark = pytest.mark.skipif(ffmpeg_missing, reason="ffmpeg/ffprobe not installed")
 BOOK = "# Check Book\n\n## One\n\nHello there, this is the first chunk.\n\nAnd this is a second paragraph.\n\n## Two\n\nThe end.\n"
@@ -29,8 +29,15 @@ def acx_chapters(workspace, models, tmp_path_factory):
     return {"files": files, "root": root, "env": workspace["env"]}
 
 
-def check(*args, env):
-    return cli("check", *args, env=env, check=False)
+@pytest.fixture
+def check(monkeypatch, capsys):
+    """`tutortoietts check ...` through the console entry point, in this process (no start-up cost)."""
+    def run(*args, env=None):
+        monkeypatch.setenv("COLUMNS", "200")
+        return cli_in_process("check", *args, monkeypatch=monkeypatch, capsys=capsys)
+
+    run.generate = lambda *args: cli_in_process("generate", *args, monkeypatch=monkeypatch, capsys=capsys)
+    return run
 
 
 def rule_results(result) -> dict[str, dict]:
@@ -38,7 +45,7 @@ def rule_results(result) -> dict[str, dict]:
     return {f["path"]: {r["rule"]: r for r in f["rules"]} for f in report["files"]}
 
 
-def test_acx_output_passes_check(acx_chapters):
+def test_acx_output_passes_check(acx_chapters, check):
     result = check(*acx_chapters["files"], "--master", "acx", "--json", env=acx_chapters["env"])
     report = json.loads(result.stdout)
     for file in report["files"]:
@@ -62,7 +69,7 @@ def ffmpeg(*args):
                                              "silenceremove=start_periods=1:start_threshold=-45dB,areverse",
                                              "-c:a", "libmp3lame", "-b:a", "192k", "-ar", "44100", dst), "head room tone"),
 ], ids=["too-loud", "48-khz", "no-room-tone"])
-def test_broken_files_fail_naming_the_rule(acx_chapters, case, make, rule):
+def test_broken_files_fail_naming_the_rule(acx_chapters, case, make, rule, check):
     bad = acx_chapters["root"] / f"{case}.mp3"
     make(acx_chapters["files"][0], bad)
     result = check(bad, "--master", "acx", "--json", env=acx_chapters["env"])
@@ -70,16 +77,16 @@ def test_broken_files_fail_naming_the_rule(acx_chapters, case, make, rule):
     failed = [name for name, r in rules.items() if not r["passed"]]
     print(f"[check] {case}: exit {result.returncode}, failed {[(name, rules[name]['measured']) for name in failed]}")
     assert result.returncode == 1 and rule in failed
-    table = check(bad, env={**acx_chapters["env"], "COLUMNS": "200"})
+    table = check(bad)
     assert table.returncode == 1 and "FAIL" in table.stdout and rule in table.stdout
 
 
-def test_check_mistakes_are_one_line(acx_chapters, tmp_path):
+def test_check_mistakes_are_one_line(acx_chapters, tmp_path, check):
     env = acx_chapters["env"]
     assert "unknown mastering profile 'acks'" in one_error_line(check(acx_chapters["files"][0], "--master", "acks", env=env))
     assert "audio file not found" in one_error_line(check(tmp_path / "none.mp3", env=env))
     (tmp_path / "notes.txt").write_text("not audio")
     assert "cannot be read as audio" in one_error_line(check(tmp_path / "notes.txt", env=env))
     book = acx_chapters["root"] / "check.md"
-    line = one_error_line(cli("generate", book, "--voice", "random", "--master", "acx", "--format", "m4b", env=env, check=False))
+    line = one_error_line(check.generate(book, "--voice", "random", "--master", "acx", "--format", "m4b"))
     assert "--master acx writes mp3 files" in line

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_support import FAST, cli, ffmpeg_missing
+from tests.cli_support import FAST, cli, cli_in_process, ffmpeg_missing
 from tests.epub_support import BAD_EPUBS, bad_epub, build_epub, cover_image, font_obfuscation, page
 from tutortoietts.errors import UserError
 from tutortoietts.manuscript import read_book
@@ -115,9 +115,11 @@ def test_font_obfuscation_is_not_drm(tmp_path):
 # Through the CLI: `chapters` (dry run) and `generate` to m4b on tiny weights.
 
 
-def test_chapters_command_json(workspace, tmp_path):
+def test_chapters_command_json(workspace, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TUTORTOIETTS_CACHE", workspace["env"]["TUTORTOIETTS_CACHE"])
+    monkeypatch.setenv("COLUMNS", "200")
     path = build_epub(tmp_path / "rain.epub", version=3, cover=cover_image())
-    result = cli("chapters", path, "--json", "--preset", "ultra_fast_v2", "--device", "cpu", env=workspace["env"])
+    result = cli_in_process("chapters", path, "--json", "--preset", "ultra_fast_v2", "--device", "cpu", monkeypatch=monkeypatch, capsys=capsys)
     plan = json.loads(result.stdout)
     print(f"[epub] chapters --json: {plan['chapters']}, speed {plan['speed']}")
     assert [row["title"] for row in plan["chapters"]] == [title for title, _ in STORY]
@@ -125,8 +127,8 @@ def test_chapters_command_json(workspace, tmp_path):
     assert all(row["chunks"] >= 1 and row["audio_seconds"] > 0 and row["render_seconds"] > 0 for row in plan["chapters"])
     assert plan["metadata"]["series"] == "Weather Tales" and plan["metadata"]["cover"] == "image/png, 60x90"
     assert "no run measured on this machine yet" in plan["speed"]["source"]
-    table = cli("chapters", path, "--preset", "ultra_fast_v2", "--device", "cpu", env={**workspace["env"], "COLUMNS": "200"})
-    assert "The Second Part" in table.stdout and "Weather Tales" in table.stdout and "left out" in table.stdout
+    table = cli_in_process("chapters", path, "--preset", "ultra_fast_v2", "--device", "cpu", monkeypatch=monkeypatch, capsys=capsys)
+    assert table.returncode == 0 and "The Second Part" in table.stdout and "Weather Tales" in table.stdout and "left out" in table.stdout
 
 
 def probe_streams(path: Path) -> dict:
