@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from tests.cli_support import ROOT
 from tests.conftest import report
 from tutortoietts.engine import Tortoise, configs
 from tutortoietts.engine.hifigan import FRAME_HOP, HifiganGenerator, frame_count
@@ -227,3 +228,28 @@ def test_profile_runs_the_hifi_sequence(tiny_models_dir, tmp_path):
     assert sum(parts.values()) == pytest.approx(report["total_seconds"], rel=1e-6)
     assert report["audio_seconds"] == pytest.approx(joined_length(30) / 24000)
     assert (tmp_path / "trace.json").is_file()
+
+
+def test_bench_has_a_hifi_side(tiny_models_dir, tmp_path):
+    """`bench --side "ours realtime (hifi)"`: the same forced code length, the hifi stage split, RTF."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tutortoietts.engine.timing import HIFI_STAGES
+
+    out = tmp_path / "report.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "tutortoietts.cli", "bench", "--quick", "--models-dir", str(tiny_models_dir),
+                           "--side", "ours realtime (hifi)", "--json", str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    print(done.stdout[-3000:], done.stderr[-2000:])
+    assert done.returncode == 0, done.stderr
+    assert "hifi decoder" in done.stdout
+    side = json.loads(out.read_text())["sides"]["ours realtime (hifi)"]
+    assert tuple(side["stage_seconds"]) == HIFI_STAGES and all(s > 0 for k, s in side["stage_seconds"].items() if k != "rerank")
+    assert side["settings"]["decoder"] == "hifi" and side["ar_steps"] == 16  # the forced code length (--quick)
+    assert side["total_seconds"] == pytest.approx(sum(side["stage_seconds"].values()))
+    assert side["real_time_factor"] == pytest.approx(side["total_seconds"] / side["audio_seconds"])
+    assert side["audio_seconds"] == pytest.approx(joined_length(16) / 24000)

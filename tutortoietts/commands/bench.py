@@ -13,7 +13,7 @@ from rich.table import Table
 from tutortoietts.commands.options import Device, ModelsDir
 from tutortoietts.errors import UserError
 
-STAGE_COLUMNS = ("autoregressive", "rerank", "latents", "diffusion", "vocoder")
+STAGE_COLUMNS = ("autoregressive", "rerank", "latents", "diffusion", "vocoder", "hifi")  # hifi: decoder "hifi" sides
 
 
 def _gb(value: float | None) -> str:
@@ -34,7 +34,7 @@ def speed_table(report: dict) -> Table:
         samples = settings.get("num_samples", settings.get("num_autoregressive_samples"))
         steps = settings.get("diffusion_steps", settings.get("diffusion_iterations"))
         sampler = settings.get("sampler", "ddpm")
-        shape = f"{samples} x {side['ar_steps']}, {steps} {sampler}"
+        shape = f"{samples} x {side['ar_steps']}, " + ("hifi decoder" if settings.get("decoder") == "hifi" else f"{steps} {sampler}")
         cells = []
         for stage in (*STAGE_COLUMNS, "end_to_end"):
             seconds = side["total_seconds"] if stage == "end_to_end" else side["stage_seconds"].get(stage)

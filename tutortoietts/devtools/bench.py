@@ -26,7 +26,7 @@ import torch
 from tutortoietts.errors import UserError
 from tutortoietts.devtools.profiling import autoregressive_network, measure_bandwidth
 from tutortoietts.engine.limits import CONDITIONING_SAMPLE_RATE, SAMPLE_RATE
-from tutortoietts.engine.timing import STAGES, StageTimer, peak_memory_bytes
+from tutortoietts.engine.timing import HIFI_STAGES, STAGES, StageTimer, peak_memory_bytes
 from tutortoietts.devtools.research import side_quality
 from tutortoietts.engine.checkpoints import weights_origin
 
@@ -88,6 +88,8 @@ def default_sides(device: str) -> list[Side]:
     sides += [
         Side("ours int8", "ours", precision="int8"),
         Side("ours ultra_fast_v2", "ours", preset="ultra_fast_v2", precision="auto"),
+        # Tortoise 3.0's HiFi decoder instead of diffusion and vocoder, one candidate (the realtime preset).
+        Side("ours realtime (hifi)", "ours", preset="realtime", precision="auto", stages=HIFI_STAGES),
     ]
     return sides
 
@@ -463,7 +465,7 @@ def summarise(options: BenchOptions, config: dict, sides: list[Side], runs: dict
         first = side_runs[0]
         ar_seconds = stages["autoregressive"]
         steps_per_second = first["ar_steps"] / ar_seconds
-        total = sum(stages.values()) if set(side.stages) == set(STAGES) else None
+        total = sum(stages.values()) if set(side.stages) in (set(STAGES), set(HIFI_STAGES)) else None
         report_sides[side.name] = dict(
             kind=side.kind, preset=side.preset, precision=side.precision, kv_cache=side.kv_cache if side.kind == "reference" else None,
             settings=first["settings"], stage_seconds=stages, total_seconds=total,

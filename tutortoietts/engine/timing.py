@@ -13,6 +13,8 @@ import torch
 
 # The engine's stages, in the order a synthesis runs them (Tortoise.autoregressive_stage, then Tortoise.audio_stage).
 STAGES = ("autoregressive", "rerank", "latents", "diffusion", "vocoder")
+# With settings.decoder "hifi": the HiFi decoder (its own latents pass included) instead of diffusion and vocoder.
+HIFI_STAGES = ("autoregressive", "rerank", "latents", "hifi")
 
 
 def synchronize(device: torch.device | str) -> None:
