@@ -31,6 +31,11 @@ def _register() -> None:
     app.command("presets")(library.presets)
     app.command("bench")(bench.bench)
     app.command("profile")(profile.profile)
+    from tutortoietts.commands.qa import qa
+    from tutortoietts.commands.redo import redo
+
+    app.command("qa")(qa)
+    app.command("redo")(redo)
     app.add_typer(models.app, name="models")
     app.add_typer(library.cache_app, name="cache")
 

@@ -19,6 +19,8 @@ DB_NAME = "job.sqlite"
 LOCK_NAME = "job.lock"
 CHUNKS_DIR = "chunks"
 KEPT_DIR = ".kept"  # under chunks/: audio of chunks no longer planned, until the book is finished again
+TAKE_COLUMNS = ("cache_key", "attempt", "seed", "take_key", "sha256", "flags", "figures", "source", "render_seconds",
+                "check_seconds", "created")
 STATUSES = ("pending", "done", "failed")
 
 SCHEMA = """
@@ -50,6 +52,24 @@ CREATE TABLE IF NOT EXISTS chunks (
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     PRIMARY KEY (chapter, idx)
+);
+CREATE TABLE IF NOT EXISTS takes (
+    cache_key TEXT NOT NULL,  -- the chunk's key (its row's cache_key): takes outlive re-plans that keep the chunk
+    attempt INTEGER NOT NULL,  -- 1: the chunk's own seed; k > 1: a seed derived from (chunk seed, k)
+    seed INTEGER NOT NULL,
+    take_key TEXT NOT NULL,  -- this take's audio cache key
+    sha256 TEXT NOT NULL,  -- of its samples: the kept take is the one whose sha256 is the chunk row's checksum
+    flags TEXT NOT NULL,  -- JSON list: the chunk-local quality checks it failed (qa.judge)
+    figures TEXT NOT NULL,  -- JSON object: every figure qa.chunk_figures measured
+    source TEXT NOT NULL,  -- "rendered" | "ar-cache" | "audio-cache"
+    render_seconds REAL,
+    check_seconds REAL,
+    created REAL NOT NULL,
+    PRIMARY KEY (cache_key, attempt)
+);
+CREATE TABLE IF NOT EXISTS options (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    request_json TEXT NOT NULL  -- what generate was asked for, so that redo renders and stitches alike
 );
 """
 
@@ -430,8 +450,11 @@ class Job:
     def chunk_path(self, chapter: int, index: int) -> Path:
         return self.chunks_dir / f"{chapter}-{index}.wav"
 
-    def write_chunk(self, row: ChunkRow, samples, sample_rate: int, seconds: float) -> Path:
-        """Write audio durably (self-verifying file, tmp + fsync + rename), then mark the row done."""
+    def write_chunk(self, row: ChunkRow, samples, sample_rate: int, seconds: float, take: dict | None = None) -> Path:
+        """Write audio durably (self-verifying file, tmp + fsync + rename), then mark the row done.
+
+        `take`: the quality gate's record of this audio's take (see record_take), committed with the row.
+        """
         import numpy as np
 
         target = self.chunk_path(row.chapter, row.index)
@@ -439,12 +462,51 @@ class Job:
         payload, written = float_wav_bytes(data, sample_rate, key=row.cache_key)
         _write_durably(target, payload)
         with self.db:
+            if take is not None:
+                self._insert_take(take)
             self.db.execute(
                 "UPDATE chunks SET status='done', audio_path=?, checksum=?, duration=?, seconds=?,"
                 " attempts=attempts+1, error=NULL WHERE chapter=? AND idx=?",
                 (str(target.relative_to(self.directory)), written.sha256, written.duration, seconds, row.chapter, row.index),
             )
         return target
+
+    # ------------------------------------------------------------ takes (the quality gate)
+
+    def _insert_take(self, take: dict) -> None:
+        values = {**take, "flags": json.dumps(take["flags"]), "figures": json.dumps(take["figures"], sort_keys=True),
+                  "created": take.get("created") or time.time()}
+        self.db.execute(f"INSERT OR REPLACE INTO takes ({', '.join(TAKE_COLUMNS)}) VALUES ({', '.join('?' * len(TAKE_COLUMNS))})",
+                        [values.get(column) for column in TAKE_COLUMNS])
+
+    def record_take(self, take: dict) -> None:
+        """A take that is not (yet) the chunk's audio: its figures and flags only."""
+        with self.db:
+            self._insert_take(take)
+
+    def takes(self, cache_key: str | None = None) -> list[dict]:
+        return _read_takes(self.db, cache_key)
+
+    def forget_takes(self, cache_key: str) -> None:
+        """--force: the chunk's earlier takes are rendered again, not reused."""
+        with self.db:
+            self.db.execute("DELETE FROM takes WHERE cache_key = ?", (cache_key,))
+
+    def replace_chunk(self, row: ChunkRow, text: str, seed: int, cache_key: str) -> ChunkRow:
+        """`redo --text`: the row says something else now (its own seed and key); pending until rendered."""
+        with self.db:
+            self.db.execute("UPDATE chunks SET text=?, seed=?, cache_key=?, status='pending', error=NULL"
+                            " WHERE chapter=? AND idx=?", (text, seed, cache_key, row.chapter, row.index))
+        return next(r for r in self.rows() if (r.chapter, r.index) == (row.chapter, row.index))
+
+    def set_request(self, request: dict) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO options (id, request_json) VALUES (1, ?)",
+                            (json.dumps(request, sort_keys=True),))
+
+    def request(self) -> dict | None:
+        row = self.db.execute("SELECT request_json FROM options WHERE id = 1").fetchone()
+        return json.loads(row[0]) if row else None
 
     def mark_failed(self, row: ChunkRow, error: str, seconds: float) -> None:
         with self.db:
@@ -484,6 +546,48 @@ def read_job_summary(directory: Path) -> dict | None:
     info.update(counts=counts, total=sum(counts.values()), audio_seconds=audio, directory=str(directory))
     info["running"] = _is_locked(Path(directory) / LOCK_NAME)
     return info
+
+
+def _read_takes(db: sqlite3.Connection, cache_key: str | None = None) -> list[dict]:
+    query = f"SELECT {', '.join(TAKE_COLUMNS)} FROM takes"
+    args: tuple = ()
+    if cache_key is not None:
+        query += " WHERE cache_key = ?"
+        args = (cache_key,)
+    takes = []
+    for values in db.execute(query + " ORDER BY cache_key, attempt", args):
+        take = dict(zip(TAKE_COLUMNS, values))
+        take["flags"], take["figures"] = json.loads(take["flags"]), json.loads(take["figures"])
+        takes.append(take)
+    return takes
+
+
+def read_job_quality(directory: Path) -> dict | None:
+    """A job's chunks, takes and request for `tutortoietts qa`, read-only and without the lock."""
+    database = Path(directory) / DB_NAME
+    if not database.is_file():
+        return None
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+    try:
+        cursor = db.execute("SELECT * FROM job WHERE id = 1")
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        info = dict(zip([d[0] for d in cursor.description], row))
+        chunks = [ChunkRow(*values) for values in db.execute(
+            "SELECT chapter, idx, chapter_title, text, pause_after, seed, cache_key, status, audio_path,"
+            " checksum, duration, seconds, attempts, error FROM chunks ORDER BY chapter, idx")]
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        takes = _read_takes(db) if "takes" in tables else []  # a job no run of this version has opened
+        request = None
+        if "options" in tables:
+            found = db.execute("SELECT request_json FROM options WHERE id = 1").fetchone()
+            request = json.loads(found[0]) if found else None
+    except sqlite3.DatabaseError as error:
+        raise UserError(f"cannot read the job database {database}: {error}; run generate on this job to rebuild it") from None
+    finally:
+        db.close()
+    return {"info": info, "chunks": chunks, "takes": takes, "request": request}
 
 
 def _is_locked(lock_path: Path) -> bool:

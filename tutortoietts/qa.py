@@ -34,6 +34,7 @@ FRAME_SECONDS = HOP / ANALYSIS_RATE
 PITCH_FRAME = 640  # 40 ms: two periods of an 80 Hz voice, for the autocorrelation
 MIN_LAG, MAX_LAG = 32, 256  # 500 Hz .. 62.5 Hz at 16 kHz
 N_MELS, N_CEPS = 40, 12
+MIN_VOICED_FRAMES = 100  # 1 s of voicing before a chunk's voice is measured at all
 
 # Chunk-local checks, in the order `attribute` considers them, then the book-relative ones.
 LOCAL_CHECKS = ("no_stop", "clipping", "not_speech", "silence", "repetition", "truncated", "duration", "asr")
@@ -59,7 +60,8 @@ class Limits:
     speech_range_db: float = 35.0  # a frame is speech when within this of the chunk's loud level (95th percentile)
     floor_dbfs: float = -60.0  # ...and above this absolute level
     voiced_correlation: float = 0.6  # normalised autocorrelation peak that makes a frame voiced
-    min_voiced_fraction: float = 0.15  # not_speech below this share of voiced frames among speech frames
+    min_voiced_fraction: float = 0.15  # not_speech below this share of voiced frames among speech frames...
+    max_flatness: float = 0.3  # ...or above this median spectral flatness (white noise ~0.56, speech <= 0.07)
     clip_run: int = 3  # consecutive samples at the peak that count as clipped
     max_clipped_fraction: float = 0.001  # clipping above 0.1% of the samples
     max_pause: float = 2.0  # seconds of silence inside a chunk (sentence pauses are ~0.3-0.8 s)
@@ -78,8 +80,8 @@ class Limits:
     min_asr_words: int = 3  # fewer checkable words: no verdict
     book_z: float = 4.0  # clvp/voice: robust z-score beyond which a chunk is an outlier in its book
     min_clvp_gap: float = 0.5  # ...and at least this far below the book's median CLVP score
-    min_pitch_gap: float = 3.0  # semitones from the book's median pitch
-    min_timbre_gap: float = 0.05  # cepstral cosine similarity below the book's median
+    min_pitch_gap: float = 4.0  # semitones from the book's median pitch (sentences vary by 1-3; a new speaker ~10)
+    min_timbre_gap: float = 0.08  # cepstral cosine similarity below the book's median (espeak: clean >= 0.94, other voice <= 0.77)
 
 
 DEFAULT_LIMITS = Limits()
@@ -334,9 +336,9 @@ def voice_features(analysis: Analysis) -> dict | None:
 
     Long-term cepstral means (the vocal tract's average shape) and the median F0 are the classic
     text-independent speaker measures; they need no model weights and come from frames already
-    computed. None when the clip has too few voiced frames to tell.
+    computed. None under a second of voiced speech ("Chapter One."): too few sounds to average.
     """
-    if analysis.voiced.sum() < 20:
+    if analysis.voiced.sum() < MIN_VOICED_FRAMES:
         return None
     return {
         "cepstrum": analysis.cepstra[analysis.voiced].mean(axis=0).round(4).tolist(),
@@ -386,6 +388,7 @@ def chunk_figures(samples, sample_rate: int, text: str, *, stopped: bool | None 
         "clipped_fraction": round(clipped_fraction(raw, limits), 6),
         "loud_dbfs": round(analysis.loud_db, 2),
         "voiced_fraction": round(float(analysis.voiced.sum()) / speech_frames, 4) if speech_frames else 0.0,
+        "voiced_seconds": round(float(analysis.voiced.sum()) * FRAME_SECONDS, 2),
         "flatness": round(float(np.median(analysis.flatness[analysis.speech])), 4) if speech_frames else 1.0,
         "end_level_db": round(analysis.end_level_db - analysis.loud_db, 2),
         "words": len(words),
@@ -418,7 +421,8 @@ def judge(figures: dict, limits: Limits = DEFAULT_LIMITS) -> list[str]:
         failed.add("no_stop")
     if figures["clipped_fraction"] > limits.max_clipped_fraction:
         failed.add("clipping")
-    if figures["speaking_seconds"] <= 0 or figures["voiced_fraction"] < limits.min_voiced_fraction:
+    if (figures["speaking_seconds"] <= 0 or figures["voiced_fraction"] < limits.min_voiced_fraction
+            or figures["flatness"] > limits.max_flatness):
         failed.add("not_speech")
     if (figures["longest_pause"] > limits.max_pause or figures["lead_silence"] > limits.max_lead
             or figures["trail_silence"] > limits.max_trail):
@@ -459,7 +463,8 @@ def judge_book(all_figures: list[dict], limits: Limits = DEFAULT_LIMITS) -> list
         for i, score in scores:
             if (median - score) / scale > limits.book_z and median - score > limits.min_clvp_gap:
                 verdicts[i].append("clvp")
-    voiced = [(i, f) for i, f in enumerate(all_figures) if f.get("cepstrum") is not None and f.get("pitch_hz")]
+    voiced = [(i, f) for i, f in enumerate(all_figures) if f.get("cepstrum") is not None and f.get("pitch_hz")
+              and f.get("voiced_seconds", math.inf) >= MIN_VOICED_FRAMES * FRAME_SECONDS]
     if len(voiced) >= 5:
         pitches = np.array([12 * math.log2(f["pitch_hz"]) for _, f in voiced])
         centre = np.median(np.array([f["cepstrum"] for _, f in voiced]), axis=0)
@@ -476,7 +481,7 @@ def judge_book(all_figures: list[dict], limits: Limits = DEFAULT_LIMITS) -> list
 
 def book_voice_figures(all_figures: list[dict]) -> list[dict]:
     """Each chunk's similarity to the book's median voice and its pitch offset from the book's median."""
-    voiced = [f.get("cepstrum") is not None and f.get("pitch_hz") for f in all_figures]
+    voiced = [bool(f.get("cepstrum") is not None and f.get("pitch_hz")) for f in all_figures]
     chosen = [f for f, ok in zip(all_figures, voiced) if ok]
     if not chosen:
         return [{} for _ in all_figures]

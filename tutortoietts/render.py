@@ -54,6 +54,11 @@ class RenderRequest:
     include_front_matter: bool = False  # EPUB: read the cover page, title page, copyright, contents, index too
     subtitles: str | None = None  # "srt" | "vtt": one file per chapter and one for the book
     master: str = "default"  # mastering profile (masters.toml)
+    lexicon: Path | None = None  # pronunciation respellings (lexicon.py), on top of the user's own
+    text_overrides: tuple = ()  # ("chapter-index", text) pairs: redo --text (lexicon.respell_chunks)
+    retries: int = 2  # quality gate (gate.py): more takes for a chunk that fails a check
+    asr: bool = False  # quality gate: a pocketsphinx round trip on every take
+    asr_model: Path | None = None  # quality gate: a local faster-whisper model instead of pocketsphinx
 
 
 def real_time_factor(wall_seconds: float, audio_seconds: float) -> float | None:
@@ -171,6 +176,10 @@ def plan_render(request: RenderRequest) -> Plan:
     chunks = chunk_book(book, ChunkLimits(max_mel_tokens=settings.max_mel_tokens))
     if not chunks:
         raise UserError(f"manuscript has no text to read: {request.book}")
+    from tutortoietts.lexicon import load_lexicon, respell_chunks
+
+    # Respellings after the boundaries are drawn: only chunks holding a changed word get new keys.
+    chunks = respell_chunks(chunks, load_lexicon(request.lexicon), dict(request.text_overrides))
     planned, ar_keys = [], {}
     for chunk in chunks:
         seed = chunk_seed(request.seed, chunk.text)
@@ -400,7 +409,11 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
         already_done = tracker.done
         renderer = renderer or make_renderer(plan, request, cache, engine_loader)
         tracker.emit(ProgressEvent("start", tracker.done, total))
-        counts = render_pending(job, plan, cache, renderer, pending, not request.force, tracker)
+        from tutortoietts.gate import GateOptions, render_gated, request_record
+
+        job.set_request(request_record(request))  # what `redo` renders and stitches with
+        counts = render_gated(job, plan, request, cache, renderer, pending, tracker,
+                              GateOptions(request.retries, request.asr, request.asr_model))
         raise_failures(counts, total, plan.job_dir)
         tracker.emit(ProgressEvent("stitch", tracker.done, total, audio_seconds=counts.audio_seconds,
                                    wall_seconds=time.perf_counter() - tracker.start))

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tutortoietts.commands.options import Asr, AsrModel, LexiconFile, Retries
 from tutortoietts.commands.options import Device, IncludeFrontMatter, Master, ModelsDir, Precision, Preset, Quiet, Seed
 from tutortoietts.errors import UserError
 
@@ -153,6 +154,10 @@ def generate(
     include_front_matter: IncludeFrontMatter = False,
     subtitles: Annotated[Optional[str], typer.Option("--subtitles", help="Also write subtitles, srt or vtt: one file per chapter and one for the book.")] = None,
     master: Master = "default",
+    retries: Retries = 2,
+    lexicon: LexiconFile = None,
+    asr: Asr = False,
+    asr_model: AsrModel = None,
 ) -> None:
     """Turn a manuscript into an audiobook; an interrupted run resumes where it stopped."""
     from tutortoietts.render import RenderRequest, render_book
@@ -170,6 +175,7 @@ def generate(
         fmt=fmt, models_dir=models_dir, device=device, precision=precision, seed=seed, title=title,
         author=author, force=force, chapters=chapters, low_vram=low_vram, encoding=encoding, cover=cover, narrator=narrator,
         include_front_matter=include_front_matter, subtitles=subtitles.lower() if subtitles else None, master=master,
+        retries=retries, lexicon=lexicon, asr=asr or asr_model is not None, asr_model=asr_model,
     )
     if quiet:
         summary = render_book(request, progress=print_notice)

@@ -27,3 +27,20 @@ IncludeFrontMatter = Annotated[
     bool,
     typer.Option("--include-front-matter", help="EPUB: also read the cover page, title page, copyright, contents and index (left out by default)."),
 ]
+# The quality gate (gate.py, qa.py) and pronunciations (lexicon.py): generate and redo read them alike.
+Retries = Annotated[
+    int,
+    typer.Option("--retries", min=0, help="Quality gate: render a chunk that fails a check up to N more times (seeds derived from the chunk's), keeping the best take."),
+]
+LexiconFile = Annotated[
+    Optional[Path],
+    typer.Option("--lexicon", help='Pronunciation respellings (TOML: word = "respelling"; [regex] pattern = "respelling"), on top of ~/.config/tutortoietts/lexicon.toml.'),
+]
+Asr = Annotated[
+    bool,
+    typer.Option("--asr", help="Quality gate: also check each take with offline speech recognition (pocketsphinx, about 10% of real time on one CPU core)."),
+]
+AsrModel = Annotated[
+    Optional[Path],
+    typer.Option("--asr-model", help="A local faster-whisper model folder to check takes with instead of pocketsphinx (implies --asr; never downloaded)."),
+]

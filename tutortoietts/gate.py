@@ -1,0 +1,462 @@
+"""The quality gate in the render loop: every take is checked (qa.py), a chunk that fails a check is
+rendered again with seeds derived from (chunk seed, attempt), and its best take is kept.
+
+A chunk is saved with its first take whatever the checks say, so a kill never loses it; a later
+take replaces it only when it is better (fewer failed checks, then a higher CLVP score). Retakes
+come in rounds after the first takes (a renderer may batch or spread a round as it likes).
+
+A chunk whose first take fails with a check in common with the first takes of the two chunks
+before it (for the book's first two chunks: the other two of the first three) is not retried:
+that is the model or the voice, not bad luck. Random weights fail every chunk alike, so a book
+on them costs its chunks plus at most two chunks' retries, not three times the book; one notice
+says so.
+
+Every decision depends only on recorded takes, and each take only on (chunk, attempt): a run
+killed anywhere and resumed continues the same series and writes the same bytes. Checks that
+compare a chunk with the whole book (CLVP, voice) are judged by `tutortoietts qa` afterwards, not
+here, so that no chunk's audio depends on how the other chunks sounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tutortoietts import qa
+from tutortoietts.cache import digest
+from tutortoietts.errors import UserError
+from tutortoietts.jobs import ChunkRow
+from tutortoietts.renderers import RenderTask
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    retries: int = 2  # takes after the first for a chunk that fails a check
+    asr: bool = False  # pocketsphinx round trip on every take
+    asr_model: Path | None = None  # a local faster-whisper model instead of pocketsphinx
+
+    def __post_init__(self):
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise UserError(f"--retries must be 0 or more, got {self.retries!r}")
+
+
+def take_seed(chunk_seed: int, attempt: int) -> int:
+    """Attempt 1 is the chunk's own seed; attempt k > 1 a seed derived from (chunk seed, k)."""
+    if attempt == 1:
+        return chunk_seed
+    data = hashlib.sha256(f"{chunk_seed}\x00take\x00{attempt}".encode()).digest()
+    return int.from_bytes(data[:8], "big") % (2**31)
+
+
+def take_keys(ar_key: str | None, audio_key: str, attempt: int) -> tuple[str | None, str]:
+    """(AR key, audio key) of a take: the chunk's own for attempt 1, else derived from them and k
+    (the chunk's keys hold every input but the seed, and the seed is a function of k)."""
+    if attempt == 1:
+        return ar_key, audio_key
+    ar = digest({"stage": "ar-take", "of": ar_key, "attempt": attempt}) if ar_key is not None else None
+    return ar, digest({"stage": "audio-take", "of": audio_key, "attempt": attempt})
+
+
+class Checker:
+    """Measures takes; the voice's profile and the recogniser are made once, on first use."""
+
+    def __init__(self, plan, options: GateOptions):
+        self.plan, self.options = plan, options
+        self._recogniser = None
+        self._voice = None
+        self._voice_done = False
+
+    @property
+    def asr_name(self) -> str | None:
+        if self.options.asr_model is not None:
+            return f"faster-whisper:{Path(self.options.asr_model).name}"
+        return "pocketsphinx" if self.options.asr else None
+
+    def recogniser(self):
+        if self._recogniser is None and self.asr_name is not None:
+            from tutortoietts.asr import make_recogniser
+
+            self._recogniser = make_recogniser(self.options.asr, self.options.asr_model)
+        return self._recogniser
+
+    def voice(self):
+        if not self._voice_done:
+            self._voice_done = True
+            if not self.plan.voice.is_random:
+                from tutortoietts.voices import CONDITIONING_SAMPLE_RATE, load_voice_clips
+
+                self._voice = qa.voice_profile(load_voice_clips(self.plan.voice), CONDITIONING_SAMPLE_RATE)
+        return self._voice
+
+    def measure(self, text: str, samples, sample_rate: int, ar) -> tuple[list[str], dict, float]:
+        """(failed checks, figures, seconds it took) for one take."""
+        start = time.perf_counter()
+        stopped = clvp = None
+        if ar is not None:
+            if getattr(ar, "stopped", None) is not None:
+                stopped = bool(ar.stopped[ar.chosen])
+            if ar.scores is not None and len(ar.scores) > 1:
+                clvp = float(ar.scores[ar.chosen])
+        figures = qa.chunk_figures(samples, sample_rate, text, stopped=stopped, clvp_score=clvp, voice=self.voice(),
+                                   recogniser=self.recogniser())
+        figures["asr"] = self.asr_name
+        return qa.judge(figures), figures, time.perf_counter() - start
+
+    def close(self) -> None:
+        if self._recogniser is not None:
+            self._recogniser.close()
+
+
+@dataclass(eq=False)  # compared by identity
+class Series:
+    """One chunk's takes in this run: attempts first..last, the ones that failed so far."""
+
+    row: ChunkRow
+    ar_key: str | None
+    first: int
+    last: int
+    next: int
+    failed: list[dict] = field(default_factory=list)  # records of the takes that failed a check
+
+
+def window(position: int, count: int) -> list[int]:
+    """The chunks a chunk's first take is compared with: the two before it, or for the first two
+    chunks of the book the other two of the first three; none in a book of fewer than three."""
+    if count < 3:
+        return []
+    return [position - 2, position - 1] if position >= 2 else [i for i in range(3) if i != position]
+
+
+def systemic_checks(flags: list[str], others: list[list[str] | None]) -> list[str]:
+    """The checks a failed first take shares with the first takes of its window ([] when one of
+    them passed or is unknown (None), or there is no window)."""
+    if not flags or not others or any(not other for other in others):
+        return []
+    shared = set(flags).intersection(*(set(other) for other in others))
+    return qa.attribute([check for check in qa.CHECKS if check in shared])[0]
+
+
+@dataclass(eq=False)  # compared by identity
+class Series:
+    """One chunk's takes: attempts first..last; the best so far is the chunk's file."""
+
+    row: ChunkRow
+    ar_key: str | None
+    first: int
+    last: int
+    next: int
+    best: dict | None = None  # the take record whose audio the chunk file holds
+    saved: bool = False  # the chunk counts as done (progress), whatever take it holds
+
+
+def render_gated(job, plan, request, cache, renderer, pending: list[ChunkRow], tracker, options: GateOptions,
+                 first_attempts: dict[str, int] | None = None, ar_keys: dict[str, str] | None = None,
+                 systemic_rule: bool = True):
+    """Render every pending chunk through the gate; returns render.RunCounts.
+
+    A chunk is saved with its first take whatever the checks say (so a kill never loses it), and a
+    better take replaces it. first_attempts: chunk name -> the attempt its series starts at (redo).
+    ar_keys: extra audio key -> AR key entries (redo --text rows the plan does not hold).
+    systemic_rule (generate): a chunk whose first take fails like the first takes of its window
+    keeps that take without retries; series an interrupted run left open are continued.
+    """
+    from tutortoietts.render import RunCounts, storage_error
+
+    counts = RunCounts()
+    checker = Checker(plan, options)
+    read_cache = not request.force
+    keys = {**plan.ar_keys, **(ar_keys or {})}
+    first_attempts = first_attempts or {}
+    order = job.rows()
+    place = {row.name: position for position, row in enumerate(order)}
+    series: dict[str, Series] = {}
+    for row in pending:
+        first = first_attempts.get(row.name, 1)
+        if first == 1:
+            job.forget_takes(row.cache_key)  # its audio is gone (or --force): its takes start over, as they were
+        series[row.name] = Series(row, keys.get(row.cache_key), first, first + options.retries, first)
+    recorded: dict[str, list[dict]] = {}
+    for take in job.takes():
+        recorded.setdefault(take["cache_key"], []).append(take)
+    if systemic_rule:
+        for row in order:
+            if row.name not in series and row.status == "done":
+                opened = open_series(row, recorded.get(row.cache_key, []), options.retries, keys.get(row.cache_key))
+                if opened is not None:
+                    series[row.name] = opened
+    waiting = object()
+    first_flags = {}
+    for row in order:
+        take = next((t for t in recorded.get(row.cache_key, []) if t["attempt"] == 1), None)
+        pending_first = row.name in series and series[row.name].first == 1 and series[row.name].next == 1
+        first_flags[row.name] = waiting if pending_first else (take["flags"] if take else None)
+    undecided: list[Series] = [s for s in series.values() if s.next == 2 and systemic_rule and s.last > 1]
+    stats = {"retakes": 0, "still_failing": 0, "told": False}
+
+    def stored(action):
+        try:
+            return action()
+        except (OSError, sqlite3.OperationalError) as error:
+            raise storage_error(error, plan.job_dir, tracker.done) from None
+
+    def close(s: Series) -> None:
+        if s.best is not None and s.best["flags"]:
+            stats["still_failing"] += 1
+        series.pop(s.row.name, None)
+
+    def decide() -> None:
+        """Retry, or not, each chunk whose first take failed, once its window's first takes are known."""
+        for s in list(undecided):
+            others = [first_flags[order[i].name] for i in window(place[s.row.name], len(order))]
+            if any(flags is waiting for flags in others):
+                continue
+            undecided.remove(s)
+            shared = systemic_checks(first_flags[s.row.name], others)
+            if not shared:
+                continue  # its next take comes in the next round
+            if not stats["told"]:
+                stats["told"] = True
+                tracker.notices([
+                    f"quality gate: chunk {s.row.name} failed its first take on {', '.join(shared)} like the chunks "
+                    f"around it: that is the model or the voice (random weights do this), not bad luck, so chunks "
+                    f"that fail alike keep their first take instead of {options.retries} more each"])
+            close(s)
+
+    def handle(s: Series, attempt: int, samples, rate: int, ar, source: str, render_seconds: float) -> None:
+        flags, figures, check_seconds = checker.measure(s.row.text, samples, rate, ar)
+        figures["series_first"] = s.first
+        take = take_record(s, attempt, flags, figures, source, render_seconds, check_seconds, samples)
+        if s.best is None or qa.take_rank(flags, figures.get("clvp_score"), attempt) < qa.take_rank(
+                s.best["flags"], s.best["figures"].get("clvp_score"), s.best["attempt"]):
+            stored(lambda: job.write_chunk(s.row, samples, rate, render_seconds, take=take))
+            s.best = take
+            if not s.saved:
+                s.saved = True
+                counts.count(source)
+                counts.audio_seconds += len(samples) / rate
+                tracker.notices(cache.take_notices())
+                tracker.chunk(s.row, source, counts.audio_seconds)
+        else:
+            stored(lambda: job.record_take(take))
+        s.next = attempt + 1
+        if attempt == 1 and s.first == 1:
+            first_flags[s.row.name] = flags
+            if flags and systemic_rule and s.last > 1:
+                undecided.append(s)
+        if not flags or (s.next > s.last and s not in undecided):
+            close(s)
+        decide()
+
+    def take_record(s: Series, attempt: int, flags, figures, source, render_seconds, check_seconds, samples) -> dict:
+        import numpy as np
+
+        data = np.ascontiguousarray(samples.detach().float().cpu().numpy() if hasattr(samples, "detach") else samples,
+                                    dtype="<f4")
+        return {"cache_key": s.row.cache_key, "attempt": attempt, "seed": take_seed(s.row.seed, attempt),
+                "take_key": take_keys(s.ar_key, s.row.cache_key, attempt)[1], "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
+                "flags": flags, "figures": figures, "source": source, "render_seconds": round(render_seconds, 4),
+                "check_seconds": round(check_seconds, 4)}
+
+    def run_round(active: list[Series]) -> None:
+        tasks = []
+        for s in active:
+            attempt = s.next
+            ar_key, audio_key = take_keys(s.ar_key, s.row.cache_key, attempt)
+            start = time.perf_counter()
+            cached = cache.get_audio(audio_key) if read_cache else None
+            ar = cache.get_ar(ar_key) if ar_key is not None and read_cache else None
+            if cached is not None:
+                handle(s, attempt, cached[0], cached[1], ar, "audio-cache", time.perf_counter() - start)
+                continue
+            tasks.append(RenderTask(s.row.name, s.row.text, take_seed(s.row.seed, attempt), ar))
+        if not tasks:
+            return
+        for result in renderer.render(tasks):
+            s = series[result.task.name]
+            attempt = s.next
+            if attempt > s.first:
+                stats["retakes"] += 1
+            if result.error is not None:
+                if s.best is not None:  # a later take failed to render: the best earlier one stays
+                    close(s)
+                    continue
+                stored(lambda: job.mark_failed(s.row, result.error, result.seconds))
+                counts.failed.append((s.row, result.error))
+                tracker.chunk(s.row, "failed", counts.audio_seconds)
+                series.pop(s.row.name)
+                if first_flags.get(s.row.name) is waiting:
+                    first_flags[s.row.name] = None  # no verdict: taken as passing by the chunks around it
+                decide()
+                continue
+            ar_key, audio_key = take_keys(s.ar_key, s.row.cache_key, attempt)
+            if result.computed_ar and ar_key is not None:
+                cache.put_ar(ar_key, result.ar, plan.weights_fp)
+            cache.put_audio(audio_key, result.samples, result.sample_rate, plan.weights_fp)
+            handle(s, attempt, result.samples, result.sample_rate, result.ar,
+                   "rendered" if result.computed_ar else "ar-cache", result.seconds)
+
+    try:
+        decide()  # series an interrupted run left undecided may be decidable already
+        while series:
+            active = [s for s in series.values() if s not in undecided]
+            if not active:  # cannot happen: a round makes every first take known
+                raise RuntimeError(f"quality gate: chunks {[s.row.name for s in undecided]} left undecided")
+            run_round(active)
+    finally:
+        checker.close()
+    if stats["still_failing"]:
+        retried = f" after {stats['retakes']} retake(s)" if stats["retakes"] else ""
+        tracker.notices([f"quality gate: {stats['still_failing']} chunk(s) still fail a check{retried}; "
+                         f"`tutortoietts qa {plan.job_dir}` lists them, `tutortoietts redo {plan.job_dir} NAME` "
+                         f"renders one again"])
+    counts.retakes = stats["retakes"]
+    return counts
+
+
+def open_series(row: ChunkRow, takes: list[dict], retries: int, ar_key: str | None) -> Series | None:
+    """The series a done chunk's takes leave open (an interrupted run's): its best take still fails
+    and it has had fewer than 1 + retries takes; None when it is over (or was a redo's)."""
+    best = next((t for t in takes if t["sha256"] == row.checksum), None)
+    if best is None or not best["flags"] or any(t["figures"].get("series_first", 1) != 1 for t in takes):
+        return None
+    attempts = max(t["attempt"] for t in takes)
+    if attempts >= 1 + retries or any(not t["flags"] for t in takes):
+        return None
+    return Series(row, ar_key, 1, 1 + retries, attempts + 1, best=best, saved=True)
+
+
+def request_record(request) -> dict:
+    """A RenderRequest as JSON the job keeps (paths absolute, marked), for `redo`."""
+    import dataclasses
+
+    record = {}
+    for item in dataclasses.fields(request):
+        value = getattr(request, item.name)
+        if item.name == "voice" and value != "random" and Path(value).expanduser().exists():
+            value = str(Path(value).expanduser().resolve())  # a folder of clips: found from any folder
+        if isinstance(value, Path):
+            value = {"path": str(value.expanduser().resolve())}
+        elif isinstance(value, tuple):
+            value = [list(v) if isinstance(v, tuple) else v for v in value]
+        record[item.name] = value
+    record["force"] = False  # a redo never re-renders the whole book
+    return record
+
+
+def request_from_record(record: dict, **changes):
+    """The RenderRequest a job was rendered with (fields this version does not know are dropped)."""
+    import dataclasses
+
+    from tutortoietts.render import RenderRequest
+
+    known = {item.name for item in dataclasses.fields(RenderRequest)}
+    values = {}
+    for name, value in record.items():
+        if name not in known:
+            continue
+        if isinstance(value, dict) and set(value) == {"path"}:
+            value = Path(value["path"])
+        elif name == "text_overrides":
+            value = tuple(tuple(pair) for pair in value)
+        values[name] = value
+    values.update(changes)
+    return RenderRequest(**values)
+
+
+@dataclass
+class RedoSummary:
+    job_dir: Path
+    outputs: list[Path]
+    redone: list[dict]  # per named chunk: name, attempt kept, its flags
+    rendered: int  # chunks rendered (named ones and any the lexicon or an earlier stop left pending)
+
+
+def redo(job_dir: Path, names: list[str], *, text: str | None = None, lexicon: Path | None = None,
+         retries: int | None = None, asr: bool | None = None, asr_model: Path | None = None,
+         models_dir: Path | None = None, device: str | None = None, progress=None) -> RedoSummary:
+    """Render the named chunks again with new seeds (one of them with new text), then stitch the book again.
+
+    The job's own request (what generate was asked for) decides everything else, so the book comes
+    out as generate would make it. With a lexicon, chunks whose text it changes are rendered too.
+    """
+    from tutortoietts.cache import Cache
+    from tutortoietts.jobs import DB_NAME, Job, plan_hash
+    from tutortoietts.render import (ProgressTracker, check_export_possible, make_renderer, plan_render, prepare_job,
+                                     raise_failures, repair_notices, stitch_job, storage_error)
+
+    job_dir = Path(job_dir)
+    if not (job_dir / DB_NAME).is_file():
+        raise UserError(f"no job in {job_dir} (a job folder holds {DB_NAME}; `tutortoietts jobs` lists them)")
+    if not names and lexicon is None:
+        raise UserError("name the chunks to render again, as `tutortoietts qa` lists them (e.g. 0-3)")
+    if text is not None and len(names) != 1:
+        raise UserError("--text replaces one chunk's text: name exactly one chunk")
+    with Job.open(job_dir) as job:
+        record = job.request()
+        if record is None:
+            raise UserError(f"{job_dir} was rendered before `redo` existed: run generate on it once, then redo")
+        changes = {"out_dir": job_dir, "force": False}
+        for name, value in (("lexicon", lexicon), ("retries", retries), ("asr", asr), ("asr_model", asr_model),
+                            ("models_dir", models_dir), ("device", device)):
+            if value is not None:
+                changes[name] = value
+        request = request_from_record(record, **changes)
+        options = GateOptions(request.retries, request.asr or request.asr_model is not None, request.asr_model)
+        plan = plan_render(request)
+        check_export_possible(request)
+        notices = list(job.notices)
+        if lexicon is not None:
+            notices += repair_notices(prepare_job(job, plan, request))
+        elif job.info()["plan_hash"] != plan_hash(plan.chunks):
+            raise UserError("the manuscript, its settings or the lexicon changed since this job was rendered: "
+                            "run generate on it first, then redo")
+        rows = {row.name: row for row in job.rows()}
+        unknown = [name for name in names if name not in rows]
+        if unknown:
+            raise UserError(f"no chunk {', '.join(unknown)} in this job: names run from {next(iter(rows))} to "
+                            f"{list(rows)[-1]}, as `tutortoietts qa {job_dir}` lists them")
+        recorded: dict[str, int] = {}
+        for take in job.takes():
+            recorded[take["cache_key"]] = max(recorded.get(take["cache_key"], 1), take["attempt"])
+        first_attempts, extra_keys = {}, {}
+        for name in dict.fromkeys(names):
+            row = rows[name]
+            if text is not None:
+                corrected = plan_render(request_from_record(record, **changes, text_overrides=((name, text),)))
+                planned = next(c for c in corrected.chunks if f"{c.chapter}-{c.index}" == name)
+                extra_keys[planned.cache_key] = corrected.ar_keys[planned.cache_key]
+                try:
+                    row = rows[name] = job.replace_chunk(row, planned.text, planned.seed, planned.cache_key)
+                except (OSError, sqlite3.OperationalError) as error:
+                    raise storage_error(error, job_dir, 0) from None
+            # A new seed: the attempt after every take recorded for this text (the first, for new text).
+            first_attempts[name] = recorded[row.cache_key] + 1 if row.cache_key in recorded else (1 if text else 2)
+        todo = [rows[name] for name in dict.fromkeys(names)]
+        todo += [row for row in job.rows("pending") if row.name not in first_attempts]
+        with Cache(request.cache_dir) as cache:
+            total = len(rows)
+            tracker = ProgressTracker(progress, total - len(todo), total, len(todo))
+            tracker.notices([*cache.take_notices(), *notices])
+            renderer = make_renderer(plan, request, cache)
+            counts = render_gated(job, plan, request, cache, renderer, todo, tracker, options,
+                                  first_attempts=first_attempts, ar_keys=extra_keys, systemic_rule=False)
+            raise_failures(counts, total, job_dir)
+            try:
+                outputs = stitch_job(job, plan, request)
+            except (OSError, sqlite3.OperationalError) as error:
+                raise storage_error(error, job_dir, tracker.done) from None
+            job.mark_finished()
+            job.set_request(request_record(request))
+        final = {row.name: row for row in job.rows()}
+        redone = []
+        for name in dict.fromkeys(names):
+            row = final[name]
+            kept = next((t for t in job.takes(row.cache_key) if t["sha256"] == row.checksum), None)
+            redone.append({"name": name, "text": row.text, "attempt": kept["attempt"] if kept else None,
+                           "flags": kept["flags"] if kept else None})
+    return RedoSummary(job_dir, outputs, redone, counts.rendered + counts.ar_cache + counts.audio_cache)
