@@ -109,8 +109,10 @@ def within_bounds(text: str, limits: ChunkLimits) -> bool:
 
 
 def has_speech(text: str) -> bool:
-    """The engine refuses text that cleans to nothing (emoji, symbols the cleaners delete)."""
-    return bool(clean(text).strip())
+    """A letter or a digit once cleaned: something to read. The engine refuses text that cleans to
+    nothing (emoji, symbols the cleaners delete); punctuation alone ("...", "* * *", "---") it would
+    take, and the model would make up sounds for it."""
+    return any(character.isalnum() for character in clean(text))
 
 
 @functools.lru_cache(maxsize=65536)

@@ -60,6 +60,16 @@ def one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+def is_click_error(error: BaseException) -> bool:
+    """An error click reports itself (a usage error: unknown option, missing argument, bad value).
+
+    Recognised by click's base class name, because typer 0.26 and later raise their own copy of
+    click's exceptions (typer._click), which an `except click.ClickException` never catches: that
+    is how `--fmt mp3` came out as "error: NoSuchOption" with exit 1.
+    """
+    return any(kind.__name__ == "ClickException" for kind in type(error).__mro__) and hasattr(error, "show")
+
+
 def main() -> None:
     """Console entry point: user mistakes become one line and exit code 1, no traceback."""
     from tutortoietts.errors import UserError
@@ -70,7 +80,8 @@ def main() -> None:
     _register()
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        code = app(standalone_mode=False)
+        # prog_name: the usage line names the command, also under `python -m tutortoietts.cli`.
+        code = app(standalone_mode=False, prog_name="tutortoietts")
         # Typer turns Ctrl-C into an exit code of 130 and, outside standalone mode, returns it.
         if code == 130:
             raise KeyboardInterrupt
@@ -94,10 +105,8 @@ def main() -> None:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(1)
-    except Exception as error:  # click's usage errors and the like
-        import click
-
-        if isinstance(error, click.ClickException):
+    except Exception as error:
+        if is_click_error(error):  # a usage error: the usage line and click's message, exit 2 (1 for the few others)
             error.show()
             sys.exit(error.exit_code)
         if debug:
