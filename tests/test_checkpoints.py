@@ -159,8 +159,10 @@ def _fake_set(folder):
 
 @pytest.fixture
 def lookup(tmp_path, monkeypatch):
+    from tutortoietts import paths
+
     monkeypatch.delenv("TORTOISE_MODELS_DIR", raising=False)
-    monkeypatch.setattr(checkpoints, "DEFAULT_MODELS_DIR", tmp_path / "cache")
+    monkeypatch.setattr(paths, "tortoise_cache_dirs", lambda: [tmp_path / "cache"])
     return tmp_path
 
 

@@ -19,20 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from tutortoietts.errors import UserError
-
-
-def user_lexicon_path() -> Path:
-    configured = os.environ.get("TUTORTOIETTS_LEXICON")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".config" / "tutortoietts" / "lexicon.toml"
+from tutortoietts.paths import user_lexicon_path  # $TUTORTOIETTS_LEXICON, else $XDG_CONFIG_HOME/tutortoietts/lexicon.toml
 
 
 @dataclass(frozen=True)

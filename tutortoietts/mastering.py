@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tutortoietts.errors import UserError
+from tutortoietts.paths import user_masters_path  # $TUTORTOIETTS_MASTERS, else $XDG_CONFIG_HOME/tutortoietts/masters.toml
 
 BUILTIN_MASTERS = Path(__file__).with_name("masters.toml")
 LEVELS = ("book-rms", "rms", "lufs")
@@ -63,14 +64,6 @@ class Profile:
 
 
 PROFILE_FIELDS = tuple(f.name for f in dataclasses.fields(Profile) if f.name != "name")
-
-
-def user_masters_path() -> Path:
-    """$TUTORTOIETTS_MASTERS, else ~/.config/tutortoietts/masters.toml (XDG_CONFIG_HOME honoured)."""
-    if os.environ.get("TUTORTOIETTS_MASTERS"):
-        return Path(os.environ["TUTORTOIETTS_MASTERS"]).expanduser()
-    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return config_home / "tutortoietts" / "masters.toml"
 
 
 def _read_toml(path: Path) -> dict:

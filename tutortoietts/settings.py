@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tutortoietts.engine import limits
 from tutortoietts.errors import UserError
+from tutortoietts.paths import user_presets_path  # $TUTORTOIETTS_PRESETS, else $XDG_CONFIG_HOME/tutortoietts/presets.toml
 
 # Which settings each stage reads, so a cache key holds exactly those: changing a diffusion
 # setting must not throw away cached autoregressive codes. Precision changes the numbers of
@@ -175,14 +176,6 @@ def _reject_unknown(values: dict, where: str) -> None:
             close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(FIELD_NAMES)})"
             raise UserError(f"unknown {where} {key!r}{hint}")
-
-
-def user_presets_path() -> Path:
-    """$TUTORTOIETTS_PRESETS, else ~/.config/tutortoietts/presets.toml (XDG_CONFIG_HOME honoured)."""
-    if os.environ.get("TUTORTOIETTS_PRESETS"):
-        return Path(os.environ["TUTORTOIETTS_PRESETS"]).expanduser()
-    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return config_home / "tutortoietts" / "presets.toml"
 
 
 def _read_toml(path: Path) -> dict:

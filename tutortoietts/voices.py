@@ -12,6 +12,7 @@ from pathlib import Path
 # Clips are loaded at the rate the autoregressive conditioning mel expects.
 from tutortoietts.engine.limits import CONDITIONING_SAMPLE_RATE
 from tutortoietts.errors import UserError
+from tutortoietts.paths import user_voices_dir  # $TUTORTOIETTS_VOICES, else $XDG_DATA_HOME/tutortoietts/voices
 
 # The formats tortoise's own voices come in plus the lossless ones people record in.
 CLIP_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg")
@@ -46,13 +47,6 @@ def project_voices_dir() -> Path | None:
     beside_package = Path(__file__).resolve().parent.parent / "voices"
     # Inside site-packages there is no voices/ next to the package, so this simply finds nothing.
     return beside_package if beside_package.is_dir() else None
-
-
-def user_voices_dir() -> Path:
-    configured = os.environ.get("TUTORTOIETTS_VOICES")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".local" / "share" / "tutortoietts" / "voices"
 
 
 def tortoise_voices_dir() -> Path | None:

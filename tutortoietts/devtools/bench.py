@@ -119,8 +119,10 @@ def models_config(models_dir: Path) -> dict[str, dict]:
 
 
 def default_models_dir() -> Path:
-    """A full-size random checkpoint set in the user's cache, written on first use (~3 GB)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tutortoietts" / "bench-models-full"
+    """A full-size random checkpoint set in the user's cache (paths.bench_models_dir), written on first use (~3 GB)."""
+    from tutortoietts.paths import bench_models_dir
+
+    root = bench_models_dir()
     if not (root / "vocoder.pth").exists():
         from tutortoietts.engine.checkpoints import write_random_checkpoints
 

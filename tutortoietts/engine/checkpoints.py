@@ -21,7 +21,7 @@ from torch import nn
 
 from tutortoietts.engine import configs
 from tutortoietts.errors import UserError
-from tutortoietts.paths import cache_dir
+from tutortoietts import paths
 
 FILES = {stem: stem + ".pth" for stem in configs.STEMS}  # the six every synthesis needs
 # Loaded only when asked for (the hifi decoder): a set without them is complete for diffusion.
@@ -29,7 +29,6 @@ OPTIONAL_FILES = {stem: stem + ".pth" for stem in configs.OPTIONAL_STEMS}
 ALL_FILES = {**FILES, **OPTIONAL_FILES}
 CONFIG_FILE = "tortoise-config.json"
 HF_REPO = "Manmay/tortoise-tts"  # where the reference's get_model_path downloads from
-DEFAULT_MODELS_DIR = Path.home() / ".cache" / "tortoise" / "models"
 DOWNLOAD_HINT = "run `tutortoietts models download` (or pass --models-dir / set TORTOISE_MODELS_DIR)"
 # How a checkpoint file opens: torch.save's zip archive (PyTorch >= 1.6), or the legacy format,
 # which starts with a pickle's PROTO opcode. Anything else is not a checkpoint at all.
@@ -70,12 +69,9 @@ def _hf_snapshots(base: Path) -> list[Path]:
 
 def search_folders(models_dir: str | os.PathLike | None = None) -> list[Path]:
     """Folders to look in, in order: an explicit folder alone; else $TORTOISE_MODELS_DIR, then the
-    tortoise cache. Each base also stands for the Hugging Face cache snapshots inside it."""
-    if models_dir is not None:
-        bases = [Path(models_dir).expanduser()]
-    else:
-        bases = [Path(os.environ["TORTOISE_MODELS_DIR"]).expanduser()] if os.environ.get("TORTOISE_MODELS_DIR") else []
-        bases.append(DEFAULT_MODELS_DIR)
+    tortoise cache (paths.tortoise_models_dirs). Each base also stands for the Hugging Face cache
+    snapshots inside it."""
+    bases = [Path(models_dir).expanduser()] if models_dir is not None else paths.tortoise_models_dirs()
     folders = []
     for base in bases:
         for folder in [base, *_hf_snapshots(base)]:
@@ -286,7 +282,7 @@ def converted_copy(path: Path, dtype: torch.dtype) -> Path:
     """Where a dtype-converted copy of checkpoint `path` lives (keyed on its path, size and mtime)."""
     info = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{info.st_size}|{info.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "weights" / f"{path.stem}-{str(dtype).removeprefix('torch.')}-{key}.pth"
+    return paths.cache_dir() / "weights" / f"{path.stem}-{str(dtype).removeprefix('torch.')}-{key}.pth"
 
 
 def _save_converted(net: nn.Module, target: Path) -> None:
@@ -459,9 +455,7 @@ def download(models_dir=None) -> Path:
     # Its retry warnings would bury our one-line error (progress bars still show).
     hf_logging.set_verbosity_error()
 
-    target = Path(models_dir).expanduser() if models_dir is not None else (
-        Path(os.environ["TORTOISE_MODELS_DIR"]).expanduser() if os.environ.get("TORTOISE_MODELS_DIR") else DEFAULT_MODELS_DIR
-    )
+    target = Path(models_dir).expanduser() if models_dir is not None else paths.tortoise_models_dir()
     target.mkdir(parents=True, exist_ok=True)
     verified: dict[str, str | None] = {}  # file -> the hub's sha256 it matched (None: the hub gave none)
     for filename in ALL_FILES.values():
