@@ -20,6 +20,15 @@ from pathlib import Path
 from tutortoietts.errors import UserError
 
 
+def spoken_words(text: str) -> list[str]:
+    """The words the engine speaks: its own cleaners (numbers, abbreviations spelled out), lower case."""
+    import re
+
+    from tutortoietts.engine.tokenizer import clean
+
+    return re.findall(r"[a-z]+(?:'[a-z]+)?", clean(text).lower())
+
+
 def dictionary_path() -> Path | None:
     """pocketsphinx's CMU pronouncing dictionary, or None where pocketsphinx is not installed."""
     try:
@@ -131,8 +140,6 @@ class WhisperRecogniser:
 
     def score(self, wave16k, words: list[str]) -> dict:
         import numpy as np
-
-        from tutortoietts.qa import spoken_words
 
         segments, _ = self._model.transcribe(np.asarray(wave16k, dtype=np.float32), language="en", beam_size=1)
         heard = spoken_words(" ".join(segment.text for segment in segments))

@@ -317,7 +317,7 @@ class Measurement:
 
 
 def probe(path: Path) -> dict:
-    from tutortoietts.stitch import require_ffprobe
+    from tutortoietts.ffmpeg import require_ffprobe
 
     result = subprocess.run([require_ffprobe(), "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
                             capture_output=True, text=True)
@@ -329,7 +329,7 @@ def probe(path: Path) -> dict:
 
 def decode(path: Path, channels: int) -> np.ndarray:
     """The first audio stream as float32 samples (T,) or (T, channels), at the file's own rate."""
-    from tutortoietts.stitch import require_ffmpeg
+    from tutortoietts.ffmpeg import require_ffmpeg
 
     result = subprocess.run([require_ffmpeg(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le",
                              "-acodec", "pcm_f32le", "-"], capture_output=True)

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from tutortoietts.asr import spoken_words  # noqa: F401  (defined beside the recogniser, which needs it too)
 
 ANALYSIS_RATE = 16000  # every measure below runs on 16 kHz audio (also what the recogniser wants)
 FRAME = 400  # 25 ms analysis frames
@@ -106,13 +107,6 @@ def pronunciations() -> dict[str, int]:
             if "(" not in word:  # alternative pronunciations have the same length, near enough
                 counts[word] = len(phones.split())
     return counts
-
-
-def spoken_words(text: str) -> list[str]:
-    """The words the engine speaks: its own cleaners (numbers, abbreviations spelled out), lower case."""
-    from tutortoietts.engine.tokenizer import clean
-
-    return re.findall(r"[a-z]+(?:'[a-z]+)?", clean(text).lower())
 
 
 PHONES_PER_LETTER = 0.86  # the CMU dictionary's mean, for words it does not have

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import soundfile
 
 from tutortoietts.engine.limits import SAMPLE_RATE  # the vocoder's output rate
 from tutortoietts.errors import UserError
+from tutortoietts.ffmpeg import FFMPEG_MISSING, require_ffmpeg  # noqa: F401  (FFMPEG_MISSING: callers read it here)
 from tutortoietts.subtitles import Cue, shifted, write_subtitles
 
 # Silence after a chunk, by what ends there. A chapter's pause is split in half: one half opens
@@ -32,9 +32,6 @@ TARGET_RMS_DBFS = -20.0
 PEAK_CEILING_DBFS = -3.0
 BITRATE = "64k"  # mono speech: transparent for AAC, plenty for MP3 at 24 kHz
 FORMATS = {"m4b": "m4a", "mp3": "mp3", "wav": "wav"}  # book format -> per-chapter file extension
-FFMPEG_MISSING = (
-    "ffmpeg not found: install it (Debian/Ubuntu: sudo apt-get install ffmpeg; macOS: brew install ffmpeg), or use --format wav"
-)
 
 
 @dataclass
@@ -58,21 +55,6 @@ class ExportResult:
     def __fspath__(self) -> str:
         # Lets callers treat the result as "the book file": Path(result), open(result).
         return os.fspath(self.book_path)
-
-
-def require_ffprobe() -> str:
-    path = shutil.which("ffprobe")
-    if path is None:
-        raise UserError(FFMPEG_MISSING.replace("ffmpeg not found", "ffprobe (part of ffmpeg) not found"))
-    return path
-
-
-def require_ffmpeg() -> str:
-    """The ffmpeg program's path; without it there is no mp3 or m4b, so say how to get it."""
-    path = shutil.which("ffmpeg")
-    if path is None:
-        raise UserError(FFMPEG_MISSING)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
