@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,6 +27,60 @@ from tests.cli_support import (
     job_rows,
     one_error_line,
 )
+
+
+def cache_counts(env) -> dict:
+    """entries, hits and misses per cache namespace, read from the cache folder a run used."""
+    from tutortoietts.cache import Cache
+
+    with Cache(env["TUTORTOIETTS_CACHE"]) as cache:
+        stats = cache.stats()["namespaces"]
+    return {name: {key: row[key] for key in ("entries", "hits", "misses")} for name, row in stats.items()}
+
+
+def job_takes(job_dir) -> list[tuple[str, str]]:
+    """(take_key, source) of every take the job recorded: what its runs rendered or found cached."""
+    db = sqlite3.connect(job_dir / "job.sqlite")
+    try:
+        return db.execute("SELECT take_key, source FROM takes ORDER BY cache_key, attempt").fetchall()
+    finally:
+        db.close()
+
+
+def assert_cache_counts_match_fresh_run(stats: dict, takes: list) -> None:
+    """A run on an empty cache: each take looked its audio up once (found only when an earlier take of
+    the run had the same key), and every rendered take's audio and codes were stored; the voice was
+    computed once."""
+    cached = sum(source == "audio-cache" for _, source in takes)
+    rendered = [key for key, source in takes if source != "audio-cache"]
+    assert takes and cached == 0, takes  # the example book says nothing twice
+    assert stats["audio"] == {"entries": len(set(rendered)), "hits": cached, "misses": len(rendered)}
+    assert stats["ar"]["entries"] == len(rendered) and stats["ar"]["hits"] == 0
+    assert stats["ar"]["misses"] == len(takes)  # a fresh cache has no codes: every take's lookup missed
+    assert stats["voice"] == {"entries": 1, "hits": 0, "misses": 1}
+
+
+def assert_cache_counts_match_the_kill(stats: dict, chunks: int, done: int) -> None:
+    """A run on an empty cache killed with `done` chunks finished: it looked up at least those and at most
+    every chunk's audio (all misses), stored theirs and perhaps the one in flight, and computed the voice."""
+    audio = stats["audio"]
+    assert audio["hits"] == 0 and done <= audio["misses"] <= chunks, audio
+    assert audio["entries"] in (done, done + 1), audio
+    assert stats["ar"]["hits"] == 0 and stats["ar"]["entries"] in (done, done + 1), stats["ar"]
+    assert stats["voice"] == {"entries": 1, "hits": 0, "misses": 1}
+
+
+def assert_cache_counts_match_the_resume(before: dict, after: dict, chunks: int, done: int) -> None:
+    """The resume of that job on the same cache: one audio lookup per chunk still pending, found exactly
+    for the chunk whose audio the killed run stored without finishing it; every chunk's audio stored."""
+    pending = chunks - done
+    stored_unfinished = before["audio"]["entries"] - done  # 0 or 1
+    hits = after["audio"]["hits"] - before["audio"]["hits"]
+    misses = after["audio"]["misses"] - before["audio"]["misses"]
+    assert (hits, misses) == (stored_unfinished, pending - stored_unfinished), (before["audio"], after["audio"])
+    assert after["audio"]["entries"] == after["ar"]["entries"] == chunks
+    # The voice is read back from the cache when the resume has anything left to render.
+    assert after["voice"] == {"entries": 1, "hits": int(pending > stored_unfinished), "misses": 1}
 
 
 def test_user_mistakes_are_one_line(workspace, tmp_path, monkeypatch, capsys):
@@ -89,6 +145,12 @@ def test_book_to_m4b_rerun_and_resume(workspace, models, tmp_path):
     print(f"m4b duration {duration:.3f} s; chunks {spoken:.3f} s (untrimmed {untrimmed:.3f}) + pauses {pauses:.3f} s = {expected:.3f} s")
     assert abs(duration - expected) < 0.1
 
+    # The cache saw exactly what the first run did: one lookup per take, one entry per rendered take.
+    first_stats = cache_counts(env)
+    takes = job_takes(out)
+    print(f"first run: {len(takes)} takes; cache {first_stats}")
+    assert_cache_counts_match_fresh_run(first_stats, takes)
+
     # Second run: nothing rendered, nothing loaded, the same sound.
     pcm = decoded_pcm(m4b)
     first_stamps = {path.name: path.stat().st_mtime_ns for path in (out / "chunks").glob("*.wav")}
@@ -96,6 +158,7 @@ def test_book_to_m4b_rerun_and_resume(workspace, models, tmp_path):
     print(f"re-run {second.seconds:.1f} s")
     print(second.stderr[-1500:])
     assert job_rows(out) == rows and decoded_pcm(m4b) == pcm  # attempts still 1: nothing rendered
+    assert cache_counts(env) == first_stats  # not even a cache lookup: every chunk was done in the job
     assert {path.name: path.stat().st_mtime_ns for path in (out / "chunks").glob("*.wav")} == first_stamps
 
     # Kill a fresh job (own cache, so nothing comes from the first run) after 2 chunks, then resume.
@@ -113,6 +176,9 @@ def test_book_to_m4b_rerun_and_resume(workspace, models, tmp_path):
     stamps = {path.name: path.stat().st_mtime_ns for path in (resumed / "chunks").glob("*.wav")}
     print(f"killed with {len(before)} of {len(rows)} chunks done")
     assert 2 <= len(before) < len(rows)
+    after_kill = cache_counts(kill_env)
+    print(f"cache after the kill: {after_kill}")
+    assert_cache_counts_match_the_kill(after_kill, chunks=len(rows), done=len(before))
     third = cli("generate", book, "--out", resumed, *common, env=kill_env)
     print(f"resume {third.seconds:.1f} s")
     after = job_rows(resumed)
@@ -128,9 +194,14 @@ def test_book_to_m4b_rerun_and_resume(workspace, models, tmp_path):
     assert worst == 0.0
     assert decoded_pcm(next(resumed.glob("*.m4b"))) == pcm
 
-    # The cache saw it all: the kill run's cache stats, as the command prints them.
+    # The resume's lookups, from the state the kill left; `cache stats` prints the same numbers.
     stats = cli("cache", "stats", env=kill_env)
     print(stats.stdout)
+    after_resume = cache_counts(kill_env)
+    print(f"cache after the resume: {after_resume}")
+    assert_cache_counts_match_the_resume(after_kill, after_resume, chunks=len(rows), done=len(before))
+    for namespace, row in after_resume.items():
+        assert re.search(rf"\b{namespace}\b\W+{row['entries']}\W+{row['hits']}\W+{row['misses']}\b", stats.stdout), namespace
     jobs = cli("jobs", tmp_path, env=env)
     print(jobs.stdout)
     assert "book-job" in jobs.stdout and "resumed-job" in jobs.stdout
