@@ -70,6 +70,20 @@ def is_click_error(error: BaseException) -> bool:
     return any(kind.__name__ == "ClickException" for kind in type(error).__mro__) and hasattr(error, "show")
 
 
+OPTIONAL_VALUES = {"--ray": "local"}  # options whose value may be left out (typer has no such options)
+
+
+def fill_optional_values(args: list[str]) -> list[str]:
+    """`--ray` at the end or before another option means `--ray=local`."""
+    filled = []
+    for position, arg in enumerate(args):
+        following = args[position + 1] if position + 1 < len(args) else None
+        if arg in OPTIONAL_VALUES and (following is None or following.startswith("-")):
+            arg = f"{arg}={OPTIONAL_VALUES[arg]}"
+        filled.append(arg)
+    return filled
+
+
 def main() -> None:
     """Console entry point: user mistakes become one line and exit code 1, no traceback."""
     from tutortoietts.errors import UserError
@@ -77,6 +91,7 @@ def main() -> None:
     debug = debug_enabled()
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
+    sys.argv[1:] = fill_optional_values(sys.argv[1:])
     _register()
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:

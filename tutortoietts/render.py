@@ -48,6 +48,8 @@ class RenderRequest:
     cache_dir: Path | None = None
     low_vram: bool = False  # networks on the GPU only during their stage
     encoding: str | None = None  # the manuscript's text encoding when it is not UTF-8/UTF-16
+    ray_address: str | None = None  # render on Ray actors: "local" starts Ray here, else "auto" or an address to join
+    workers: int | None = None  # at most this many Ray actors (default: one per GPU, or one per machine on CPUs)
     chapters: str | None = None  # --chapters "1,3-4": a preview of those chapters (1-based) into the same job
     cover: Path | None = None  # an image to embed instead of the book's own cover
     narrator: str | None = None  # the narrator tag (default: the synthetic voice's name)
@@ -80,6 +82,7 @@ class ProgressEvent:
     wall_seconds: float = 0.0
     eta_seconds: float | None = None
     message: str = ""  # for "notice"
+    workers: tuple = ()  # with several workers (Ray actors): each one's cluster.WorkerStat, on "chunk" events
 
     @property
     def real_time_factor(self) -> float | None:
@@ -167,7 +170,10 @@ def plan_render(request: RenderRequest) -> Plan:
     overrides = dict(request.overrides)
     if request.precision is not None:
         overrides["precision"] = request.precision
-    settings = concrete_precision(load_preset(request.preset, **overrides), request.device)
+    # With Ray the engines run on other machines: "auto" is resolved as on a CPU, bf16, which is also
+    # what every GPU since Ampere resolves it to (cluster.EngineSpec carries the result to the actors).
+    settings = concrete_precision(load_preset(request.preset, **overrides),
+                                  "cpu" if request.ray_address is not None else request.device)
     voice = find_voice(request.voice)
     voice_fp = voice_fingerprint(voice, request.seed)
     models_dir, weights_fp = resolve_weights(request.models_dir)
@@ -232,7 +238,13 @@ def voice_resolver(plan: Plan, request: RenderRequest, cache: Cache) -> Callable
 
 
 def make_renderer(plan: Plan, request: RenderRequest, cache: Cache, loader: Callable | None = None) -> Renderer:
-    """The renderer for this request: today one engine in this process."""
+    """The renderer for this request: one engine in this process, or one per Ray actor (--ray)."""
+    if request.ray_address is not None:
+        from tutortoietts.cluster import EngineSpec, RayRenderer
+
+        spec = EngineSpec(str(plan.models_dir), plan.settings.precision, request.low_vram, plan.weights_fp, plan.settings)
+        return RayRenderer(spec, request.ray_address, request.device, voice_resolver(plan, request, cache),
+                           workers=request.workers)
     return EngineRenderer(engine_loader(plan, request, loader), voice_resolver(plan, request, cache), plan.settings)
 
 
@@ -265,6 +277,13 @@ class ProgressTracker:
         self.progress, self.done, self.total, self.pending = progress, done, total, pending
         self.finished = 0  # this run's chunks, for the pace
         self.start = time.perf_counter()
+        self.workers: Callable[[], tuple] | None = None  # a renderer's per-worker stats, for each chunk event
+
+    def watch(self, renderer) -> None:
+        """A renderer with several workers reports them with every chunk, and its notices (a worker lost) as they come."""
+        self.workers = getattr(renderer, "worker_stats", None)
+        if hasattr(renderer, "notify"):
+            renderer.notify = self.notices
 
     def emit(self, event: ProgressEvent) -> None:
         if self.progress is not None:
@@ -280,7 +299,7 @@ class ProgressTracker:
         elapsed = time.perf_counter() - self.start
         eta = elapsed / self.finished * (self.pending - self.finished)
         self.emit(ProgressEvent("chunk", self.done, self.total, row.chapter_title, row.name, source, audio_seconds,
-                                elapsed, eta_seconds=eta))
+                                elapsed, eta_seconds=eta, workers=self.workers() if self.workers else ()))
 
 
 def render_pending(job: Job, plan: Plan, cache: Cache, renderer: Renderer, pending: list[ChunkRow],
@@ -408,6 +427,7 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
         tracker.notices([*cache.take_notices(), *job.notices, *repair_notices(state)])
         already_done = tracker.done
         renderer = renderer or make_renderer(plan, request, cache, engine_loader)
+        tracker.watch(renderer)
         tracker.emit(ProgressEvent("start", tracker.done, total))
         from tutortoietts.gate import GateOptions, render_gated, request_record
 

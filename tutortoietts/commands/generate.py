@@ -61,11 +61,40 @@ def print_notice(event) -> None:
         console.print(f"[yellow]note:[/] {event.message}", highlight=False)
 
 
+MAX_WORKER_ROWS = 16  # actors listed one per line under the bar; the rest are summed in one line
+
+
+def worker_table(workers) -> Table:
+    """One line per Ray actor (cluster.WorkerStat): where it runs, its chunks and its throughput."""
+    table = Table(box=None, padding=(0, 1), show_edge=False)
+    for column in ("actor", "where", "state", "chunks", "chunks/min", "audio x real time"):
+        table.add_column(column, justify="right" if column not in ("actor", "where", "state") else "left")
+    for stat in workers[:MAX_WORKER_ROWS]:
+        table.add_row(stat.name, stat.where, stat.state, str(stat.chunks), f"{60 * stat.chunks_per_second:.1f}",
+                      f"{stat.audio_per_second:.2f}")
+    rest = workers[MAX_WORKER_ROWS:]
+    if rest:
+        table.add_row(f"{len(rest)} more", "", "", str(sum(s.chunks for s in rest)),
+                      f"{60 * sum(s.chunks_per_second for s in rest):.1f}", f"{sum(s.audio_per_second for s in rest):.2f}")
+    return table
+
+
+class WorkersProgress(Progress):
+    """The progress bar, and under it each worker's throughput when the renderer has several (Ray)."""
+
+    workers: tuple = ()
+
+    def get_renderables(self):
+        yield from super().get_renderables()
+        if self.workers:
+            yield worker_table(self.workers)
+
+
 class ProgressDisplay:
-    """Turns render events into one Rich progress bar: chapter, chunk i/n, ETA, audio seconds, RTF."""
+    """Turns render events into one Rich progress bar: chapter, chunk i/n, ETA, audio seconds, RTF (and Ray's actors)."""
 
     def __init__(self):
-        self.progress = Progress(
+        self.progress = WorkersProgress(
             TextColumn("[bold]{task.fields[chapter]}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -98,6 +127,7 @@ class ProgressDisplay:
             return
         rtf = event.real_time_factor
         if event.kind == "chunk":
+            self.progress.workers = event.workers
             self.progress.update(
                 self.task, completed=event.done, chapter=event.chapter_title or event.chunk_name,
                 eta=_format_seconds(event.eta_seconds), audio=_format_seconds(event.audio_seconds),
@@ -158,6 +188,8 @@ def generate(
     lexicon: LexiconFile = None,
     asr: Asr = False,
     asr_model: AsrModel = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Render on Ray actors, one engine per GPU: alone (or 'local'), start Ray on this machine; 'auto', HOST:PORT or ray://HOST:PORT joins a cluster (pip install 'tutortoietts[cluster]').")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="With --ray: at most this many actors (default one per GPU, or one per machine without GPUs).")] = None,
 ) -> None:
     """Turn a manuscript into an audiobook; an interrupted run resumes where it stopped."""
     from tutortoietts.render import RenderRequest, render_book
@@ -170,12 +202,20 @@ def generate(
     if fmt and profile.format and fmt.lower() != profile.format:
         raise UserError(f"--master {profile.name} writes {profile.format} files: leave out --format or use --format {profile.format}")
     fmt = (fmt or profile.format or "m4b").lower()
+    if ray is not None:
+        from tutortoietts.cluster import check_address, import_ray
+
+        import_ray()  # a missing Ray is one line now, not after planning
+        check_address(ray)
+    elif workers is not None:
+        raise UserError("--workers sets the number of Ray actors: use it with --ray")
     request = RenderRequest(
         book=book, voice=voice, preset=preset, overrides=parse_set_options(settings or []), out_dir=out,
         fmt=fmt, models_dir=models_dir, device=device, precision=precision, seed=seed, title=title,
         author=author, force=force, chapters=chapters, low_vram=low_vram, encoding=encoding, cover=cover, narrator=narrator,
         include_front_matter=include_front_matter, subtitles=subtitles.lower() if subtitles else None, master=master,
         retries=retries, lexicon=lexicon, asr=asr or asr_model is not None, asr_model=asr_model,
+        ray_address=ray, workers=workers,
     )
     if quiet:
         summary = render_book(request, progress=print_notice)
@@ -183,5 +223,6 @@ def generate(
         with ProgressDisplay() as display:
             summary = render_book(request, progress=display)
         console.print(summary_table(summary))
-    record_run(request, summary)
+    if ray is None:  # a cluster's pace is not this machine's
+        record_run(request, summary)
     print(summary.outputs[0])  # the book; stdout carries nothing else, for scripts
