@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tutortoietts.engine.limits import SAMPLE_RATE
 from tutortoietts.errors import UserError
 from tutortoietts.paths import user_masters_path  # $TUTORTOIETTS_MASTERS, else $XDG_CONFIG_HOME/tutortoietts/masters.toml
 
@@ -33,7 +34,7 @@ class Profile:
     description: str = ""
     format: str = ""  # "" = the user's --format; else the only format this profile writes
     book_file: bool = True  # also one file for the whole book (ACX wants chapters only)
-    sample_rate: int = 24000
+    sample_rate: int = SAMPLE_RATE  # the engine's own rate: no resampling unless a profile asks
     channels: int = 1
     bitrate: str = "64k"
     bitrate_mode: str = ""  # "cbr" forces constant bitrate (MP3); "" = the encoder's default

@@ -13,10 +13,10 @@ import numpy as np
 import typer
 
 from tutortoietts.commands.options import Device, ModelsDir, Precision, Preset, Seed
+from tutortoietts.engine.limits import SAMPLE_RATE  # the engine's output, the rate of every output here
 from tutortoietts.errors import UserError
 
 DEFAULT_PRESET = "realtime"
-SAMPLE_RATE = 24000  # the engine's output (limits.SAMPLE_RATE), the rate of every output here
 # Silence between chunks, as generate leaves it (stitch.PAUSE_SECONDS): within a paragraph, after one.
 SENTENCE_PAUSE, PARAGRAPH_PAUSE = 0.35, 0.8
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from tutortoietts.engine.limits import SAMPLE_RATE
 from tutortoietts.errors import UserError
 
 DEFAULT_TEXT = (
@@ -106,7 +107,7 @@ def quality_of(reference_clip, clip) -> dict:
 METRICS = ("mcd", "pesq", "stoi", "log_mel")
 
 
-def side_quality(runs: dict[str, list[dict]], reference: str = "ours fp32", sample_rate: int = 24000) -> dict:
+def side_quality(runs: dict[str, list[dict]], reference: str = "ours fp32", sample_rate: int = SAMPLE_RATE) -> dict:
     """`bench --quality`: every other side of ours against the exact fp32 side, per directive text and
     averaged: {side: {"mcd", "pesq", "stoi", "log_mel", "texts": {text: metrics.Quality as a dict}}}."""
     from tutortoietts.devtools.metrics import compare

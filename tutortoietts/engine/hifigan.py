@@ -23,13 +23,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tutortoietts.engine.limits import CONDITIONING_SAMPLE_RATE, SAMPLE_RATE, SAMPLES_PER_CODE
 from tutortoietts.engine.vocoder import WeightNormConv
 
 LRELU_SLOPE = 0.1  # inside the generator; the one before conv_post uses F.leaky_relu's default 0.01
-CODE_HOP = 1024  # input samples (22.05 kHz) per autoregressive code
+CODE_HOP = SAMPLES_PER_CODE  # input samples (22.05 kHz) per autoregressive code
 FRAME_HOP = 256  # output samples (24 kHz) per upsampled frame: the generator's total upsampling
 FIRST_STRETCH = CODE_HOP / FRAME_HOP  # 4: codes -> frames at 22.05 kHz / 256
-SECOND_STRETCH = 24000 / 22050  # then to frames at 24 kHz / 256
+SECOND_STRETCH = SAMPLE_RATE / CONDITIONING_SAMPLE_RATE  # then to frames at 24 kHz / 256
 
 
 # ---------------------------------------------------------------------------------------------
