@@ -53,7 +53,12 @@ def defective(kind: str, clean: np.ndarray, text: str, seed: int) -> np.ndarray:
         return qa_corpus.cut_mid_word(clean, rng)
     if kind == "clipped":
         return qa_corpus.overdrive(clean, rng)
+    if kind == "different":  # other words, as long: what only the speech-recognition check hears
+        return qa_corpus.espeak(OTHER_WORDS, speed=150 + seed % 30)
     raise ValueError(kind)
+
+
+OTHER_WORDS = "Thunder rolled across the valley, and the first heavy drops began to fall."
 
 
 class EspeakRenderer:

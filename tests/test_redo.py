@@ -102,6 +102,30 @@ def test_a_chunk_failing_differently_is_still_retried(space, tiny_models_dir, tm
     assert retried == ["0-0", "0-1", "0-2"]  # 0-2's loop shares no check with the noise before it
 
 
+def test_asr_catches_wrong_words_and_the_retry_fixes_them(space, tiny_models_dir, tmp_path):
+    renderer = EspeakRenderer(defects={("0-3", 1): "different"})
+    generate(space, tiny_models_dir, tmp_path / "job", renderer, asr=True)
+    takes, _ = takes_by_chunk(tmp_path / "job")
+    first, second = takes["0-3"]
+    print("[qa] heard:", first["figures"]["asr_text"], "| then:", second["figures"]["asr_text"])
+    assert first["flags"] == ["asr"] and first["figures"]["asr_recall"] < 0.6 and first["figures"]["asr"] == "pocketsphinx"
+    assert second["flags"] == [] and second["figures"]["asr_recall"] >= 0.6
+    assert kept_attempt(tmp_path / "job", "0-3") == 2
+    assert all(takes[name][0]["figures"]["wer"] is not None for name in NAMES if name not in ("0-0", "1-0"))
+
+
+def test_asr_model_mistakes_are_one_line(tmp_path):
+    from tutortoietts.asr import make_recogniser
+
+    with pytest.raises(UserError, match="must be a folder holding a faster-whisper"):
+        make_recogniser(True, tmp_path / "no-such-model")
+    try:
+        import faster_whisper  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="pip install faster-whisper"):
+            make_recogniser(True, tmp_path)
+
+
 def test_a_killed_run_resumes_with_the_same_takes_and_bytes(space, tiny_models_dir, tmp_path):
     defects = {("0-2", 1): "loop", ("1-1", 1): "noise", ("1-1", 2): "silence"}
     whole = EspeakRenderer(defects=defects)

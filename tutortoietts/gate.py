@@ -8,8 +8,8 @@ come in rounds after the first takes (a renderer may batch or spread a round as 
 A chunk whose first take fails with a check in common with the first takes of the two chunks
 before it (for the book's first two chunks: the other two of the first three) is not retried:
 that is the model or the voice, not bad luck. Random weights fail every chunk alike, so a book
-on them costs its chunks plus at most two chunks' retries, not three times the book; one notice
-says so.
+on them is rendered once, not three times; one notice says so. A chunk that fails unlike its
+neighbours gets its retries.
 
 Every decision depends only on recorded takes, and each take only on (chunk, attempt): a run
 killed anywhere and resumed continues the same series and writes the same bytes. Checks that
@@ -22,10 +22,8 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from tutortoietts import qa
 from tutortoietts.cache import digest
@@ -110,18 +108,6 @@ class Checker:
     def close(self) -> None:
         if self._recogniser is not None:
             self._recogniser.close()
-
-
-@dataclass(eq=False)  # compared by identity
-class Series:
-    """One chunk's takes in this run: attempts first..last, the ones that failed so far."""
-
-    row: ChunkRow
-    ar_key: str | None
-    first: int
-    last: int
-    next: int
-    failed: list[dict] = field(default_factory=list)  # records of the takes that failed a check
 
 
 def window(position: int, count: int) -> list[int]:

@@ -115,10 +115,15 @@ def job_report(job_dir: Path, asr: bool = False, limits: qa.Limits = qa.DEFAULT_
             "take_kept": entry["kept"]["attempt"] if entry["kept"] else None,
             "takes": len(entry["takes"]),
             "audio": str(entry["audio"].resolve()) if entry["audio"] is not None and entry["audio"].is_file() else None,
-            "redo": redo_command(job_dir, row.name),
+            "redo": redo_command(job_dir.resolve(), row.name),
         })
+    render_seconds = sum(t["render_seconds"] or 0.0 for t in data["takes"])
+    check_seconds = sum(t["check_seconds"] or 0.0 for t in data["takes"])
     return {
         "job": str(job_dir.resolve()),
+        # What the gate cost while rendering (wall seconds the takes recorded; cache hits render in ~0).
+        "gate": {"takes": len(data["takes"]), "render_seconds": round(render_seconds, 2), "check_seconds": round(check_seconds, 2),
+                 "check_share": round(check_seconds / render_seconds, 4) if render_seconds else None},
         "chunks": chunks,
         "flagged": sum(1 for c in chunks if c["flags"]),
         "total": len(chunks),

@@ -44,5 +44,9 @@ def qa(
         console.print(f"{report['pending']} chunk(s) not rendered yet: run generate on this job to finish it.")
     if report["measured_now"]:
         console.print(f"{report['measured_now']} chunk(s) had no recorded figures and were measured from their files now.")
+    gate = report["gate"]
+    if gate["check_share"] is not None:
+        console.print(f"checks took {gate['check_seconds']:.1f} s over {gate['takes']} take(s), "
+                      f"{100 * gate['check_share']:.1f}% of the {gate['render_seconds']:.0f} s spent rendering them.")
     if html is not None:
         console.print(f"page written: {html}")

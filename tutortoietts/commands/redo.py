@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tutortoietts.commands.options import Asr, AsrModel, Device, LexiconFile, ModelsDir, Quiet
+from tutortoietts.commands.options import Asr, AsrModel, LexiconFile, ModelsDir, Quiet
 
 
 def redo(
