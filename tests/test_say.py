@@ -212,7 +212,7 @@ def test_generate_realtime_renders_a_whole_book(env, workspace, models, tmp_path
 
     job = tmp_path / "job"
     result = cli_in_process("generate", EXAMPLE_BOOK, "--voice", workspace["voice"], "--preset", "realtime",
-                            "--models-dir", models, "--format", "wav", "--out", job, *BASE, "-q",
+                            "--models-dir", models, "--format", "wav", "--out", job, *BASE, "-q", "--retries", "0",
                             monkeypatch=monkeypatch, capsys=capsys)
     assert result.returncode == 0, result.stderr
     rows = job_rows(job)
@@ -242,7 +242,7 @@ def test_chapter_preview_then_the_rest_renders_each_chunk_once(env, workspace, m
 
     job = tmp_path / "job"
     base = ["generate", EXAMPLE_BOOK, "--voice", workspace["voice"], "--models-dir", models, "--format", "wav",
-            "--out", job, *FAST, "-q"]
+            "--out", job, *FAST, "-q", "--retries", "0"]  # no quality-gate retakes: one attempt = one render
     preview = cli_in_process(*base, "--chapters", "1,3-4", monkeypatch=monkeypatch, capsys=capsys)
     assert preview.returncode == 0, preview.stderr
     rows = job_rows(job)
