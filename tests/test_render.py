@@ -33,6 +33,7 @@ class FakeEngine:
     sample_rate = 24000
     device = torch.device("cpu")
     autoregressive_stage = Tortoise.autoregressive_stage
+    choose_candidate = Tortoise.choose_candidate  # the stages after sampling, which autoregressive_stage calls
     audio_stage = Tortoise.audio_stage
 
     def __init__(self, fail_on: str | None = None):

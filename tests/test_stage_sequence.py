@@ -23,7 +23,7 @@ def test_generate_profile_and_bench_give_the_same_audio(tiny_models_dir, tmp_pat
     book.write_text("The keeper lit the lamp at dusk.\n")
     request = RenderRequest(book=book, voice="random", preset="ultra_fast_v2", overrides=OVERRIDES, precision="fp32",
                             fmt="wav", out_dir=tmp_path / "job", models_dir=tiny_models_dir, device="cpu", seed=JOB_SEED,
-                            cache_dir=tmp_path / "cache")
+                            cache_dir=tmp_path / "cache", batch_chunks=1)  # the serial sequence profile and bench run
     render_book(request)
     with Job.open(request.out_dir) as job:
         rows = job.rows()

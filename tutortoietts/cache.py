@@ -44,22 +44,26 @@ def voice_key(voice_fp: str, weights_fp: str, engine_version: str = ENGINE_VERSI
     return digest({"stage": "voice", "voice": voice_fp, "weights": weights_fp, "engine": engine_version})
 
 
-def ar_key(text: str, voice_fp: str, settings, seed: int, weights_fp: str, engine_version: str = ENGINE_VERSION) -> str:
+def ar_key(text: str, voice_fp: str, settings, seed: int, weights_fp: str, engine_version: str = ENGINE_VERSION,
+           decoder: str | None = None) -> str:
     """Key of the autoregressive stage: everything that decides the codes, nothing downstream.
 
     Settings says which of its fields each stage reads (settings.AUTOREGRESSIVE_FIELDS).
+    `decoder`: "batched" when the batched renderer samples (other random streams, other codes);
+    None, the serial decoder, leaves the key as it always was.
     """
-    return digest(
-        {
-            "stage": "ar",
-            "text": normalise_text(text),
-            "voice": voice_fp,
-            "settings": settings.autoregressive_fields(),
-            "seed": seed,
-            "weights": weights_fp,
-            "engine": engine_version,
-        }
-    )
+    payload = {
+        "stage": "ar",
+        "text": normalise_text(text),
+        "voice": voice_fp,
+        "settings": settings.autoregressive_fields(),
+        "seed": seed,
+        "weights": weights_fp,
+        "engine": engine_version,
+    }
+    if decoder is not None:
+        payload["decoder"] = decoder
+    return digest(payload)
 
 
 def audio_key(ar: str, settings, decoder_fp: str | None = None) -> str:

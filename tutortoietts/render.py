@@ -18,7 +18,7 @@ import torch
 from tutortoietts.cache import Cache, ar_key, audio_key, voice_key
 from tutortoietts.errors import UserError
 from tutortoietts.jobs import ChunkRow, Job, PlannedChunk, chunk_seed, default_job_dir
-from tutortoietts.renderers import EngineRenderer, Renderer, RenderTask
+from tutortoietts.renderers import BatchedRenderer, EngineRenderer, Renderer, RenderTask
 from tutortoietts.voices import Voice, find_voice, load_voice_clips, voice_fingerprint
 
 FORMATS = ("m4b", "mp3", "wav")
@@ -48,9 +48,10 @@ class RenderRequest:
     cache_dir: Path | None = None
     low_vram: bool = False  # networks on the GPU only during their stage
     encoding: str | None = None  # the manuscript's text encoding when it is not UTF-8/UTF-16
+    chapters: str | None = None  # --chapters "1,3-4": a preview of those chapters (1-based) into the same job
+    batch_chunks: int | str = "auto"  # chunks decoded at once: "auto" (from memory and the preset), N, or 1 = one at a time
     ray_address: str | None = None  # render on Ray actors: "local" starts Ray here, else "auto" or an address to join
     workers: int | None = None  # at most this many Ray actors (default: one per GPU, or one per machine on CPUs)
-    chapters: str | None = None  # --chapters "1,3-4": a preview of those chapters (1-based) into the same job
     cover: Path | None = None  # an image to embed instead of the book's own cover
     narrator: str | None = None  # the narrator tag (default: the synthetic voice's name)
     include_front_matter: bool = False  # EPUB: read the cover page, title page, copyright, contents, index too
@@ -189,7 +190,7 @@ def plan_render(request: RenderRequest) -> Plan:
     planned, ar_keys = [], {}
     for chunk in chunks:
         seed = chunk_seed(request.seed, chunk.text)
-        ar = ar_key(chunk.text, voice_fp, settings, seed, weights_fp)
+        ar = ar_key(chunk.text, voice_fp, settings, seed, weights_fp, decoder=decoder_name(request))
         key = audio_key(ar, settings.for_text(chunk.text), decoder_fp)  # the chunk's own diffusion steps when "auto"
         ar_keys[key] = ar
         title = book.chapters[chunk.chapter].title
@@ -237,14 +238,44 @@ def voice_resolver(plan: Plan, request: RenderRequest, cache: Cache) -> Callable
     return resolve
 
 
+def batch_chunks(request: RenderRequest) -> int | None:
+    """--batch-chunks as a count, None for auto; a UserError for anything else."""
+    value = request.batch_chunks
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--batch-chunks must be a whole number or auto, got {value!r}") from None
+    if count < 1:
+        raise UserError(f"--batch-chunks must be at least 1 (or auto), got {count}")
+    return count
+
+
+def decoder_name(request: RenderRequest) -> str | None:
+    """The autoregressive decoder this request's renderer runs, for the AR cache key: None for the
+    serial one (EngineRenderer, the reference's random stream), "batched" for BatchedRenderer, whose
+    candidates draw from per-candidate streams and so sample other codes. Any batch size > 1 gives
+    the same codes (engine/batching.py), so only the decoder, not the count, is in the key."""
+    if batch_chunks(request) == 1 or request.low_vram:
+        return None
+    return "batched"
+
+
 def make_renderer(plan: Plan, request: RenderRequest, cache: Cache, loader: Callable | None = None) -> Renderer:
     """The renderer for this request: one engine in this process, or one per Ray actor (--ray)."""
     if request.ray_address is not None:
         from tutortoietts.cluster import EngineSpec, RayRenderer
 
-        spec = EngineSpec(str(plan.models_dir), plan.settings.precision, request.low_vram, plan.weights_fp, plan.settings)
+        # The actors run the renderer this process would (the decoder is part of the cache keys).
+        batched = decoder_name(request) == "batched"
+        spec = EngineSpec(str(plan.models_dir), plan.settings.precision, request.low_vram, plan.weights_fp, plan.settings,
+                          batched, batch_chunks(request) if batched else None)
         return RayRenderer(spec, request.ray_address, request.device, voice_resolver(plan, request, cache),
                            workers=request.workers)
+    if decoder_name(request) == "batched":
+        return BatchedRenderer(engine_loader(plan, request, loader), voice_resolver(plan, request, cache), plan.settings,
+                               batch_chunks=batch_chunks(request))
     return EngineRenderer(engine_loader(plan, request, loader), voice_resolver(plan, request, cache), plan.settings)
 
 

@@ -14,9 +14,12 @@ byte-identical.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol
+
+import torch
 
 from tutortoietts.engine.pipeline import SAMPLE_RATE, ARResult, VoiceLatents
 
@@ -101,3 +104,85 @@ def render_one(tts, voice: VoiceLatents, settings, task: RenderTask) -> RenderRe
         return RenderResult(task, error=f"{type(error).__name__}: {error}", seconds=time.perf_counter() - start)
     return RenderResult(task, clip.samples.reshape(-1).float().cpu(), clip.sample_rate, ar,
                         seconds=time.perf_counter() - start)
+
+
+class BatchedRenderer(EngineRenderer):
+    """One engine in this process, many chunks at once (Tortoise.autoregressive_batch, audio_batch).
+
+    The candidates of `batch_chunks` chunks (None: auto, from memory and the preset) decode
+    together in one KV cache; a slot freed by a finished candidate takes the next chunk's, read
+    from `tasks` only then. Each result is yielded as soon as its audio exists, so a kill loses
+    only the unfinished chunks. A chunk's audio depends only on its task: see engine/batching.py.
+
+    The audio stages run chunk by chunk (audio_stage) unless `batch_audio`: then chunks that
+    finish together with latents of one length diffuse as one batch (audio_batch). That is off by
+    default because convolution kernels choose their algorithm by batch size: a tiny fp32
+    diffusion model gave a chunk 1e-6 different latents beside others than alone, and a resumed
+    job would then not be byte-identical. Equal to 1e-5, not to the bit.
+    """
+
+    def __init__(self, load_engine: Callable[[], object], voice_latents: Callable[[object], VoiceLatents], settings,
+                 batch_chunks: int | None = None, instruments=None, batch_audio: bool = False):
+        super().__init__(load_engine, voice_latents, settings)
+        self.batch_chunks = batch_chunks
+        self.instruments = instruments
+        self.batch_audio = batch_audio
+        self.slots: int | None = None  # the cache rows the last render used
+
+    def render(self, tasks: Iterable[RenderTask]) -> Iterator[RenderResult]:
+        from tutortoietts.engine.timing import NO_INSTRUMENTS
+
+        source = iter(tasks)
+        first = next(source, None)  # nothing to compute: never load the networks
+        if first is None:
+            return
+        tts, voice = self.engine()
+        if not hasattr(tts, "autoregressive_batch"):  # an engine without batched stages (a stand-in): one by one
+            for task in itertools.chain([first], source):
+                yield render_one(tts, voice, self.settings, task)
+            return
+        instruments = self.instruments or NO_INSTRUMENTS
+        slots = self.slots = tts.batch_slots(self.settings, self.batch_chunks)
+        group = max(1, slots // self.settings.num_autoregressive_samples) if self.batch_audio else 1
+        items = ((task, task.ar) if task.ar is not None else (task, task.text, task.seed)
+                 for task in itertools.chain([first], source))
+        for finished in tts.autoregressive_batch(items, voice, self.settings, slots=slots, instruments=instruments):
+            ready = []
+            for task, outcome in finished:
+                if isinstance(outcome, Exception):
+                    yield RenderResult(task, error=f"{type(outcome).__name__}: {outcome}")
+                else:
+                    ready.append((task, outcome))
+            yield from self._audio(tts, voice, ready, group, instruments)
+
+    def _audio(self, tts, voice: VoiceLatents, ready: list, group: int, instruments) -> Iterator[RenderResult]:
+        """The audio stages for chunks whose autoregressive results are ready, in batches of one latent length."""
+        buckets: dict[tuple, list] = {}
+        for task, ar in ready:  # one batch runs one step count: with diffusion_steps "auto" each chunk has its own
+            buckets.setdefault((ar.latents.shape[1], self.settings.for_text(task.text)), []).append((task, ar))
+        for (_, settings), bucket in buckets.items():
+            for first in range(0, len(bucket), group):
+                batch = bucket[first : first + group]
+                try:
+                    if self.batch_audio:
+                        clips = tts.audio_batch([ar for _, ar in batch], voice, settings, [t.seed for t, _ in batch],
+                                                instruments)
+                    else:
+                        clips = [tts.audio_stage(batch[0][1], voice, settings, batch[0][0].seed, instruments)]
+                except Exception as error:
+                    if len(batch) > 1:  # find whose it is: each alone computes the same as in the batch
+                        for item in batch:
+                            yield from self._audio(tts, voice, [item], 1, instruments)
+                        continue
+                    task, ar = batch[0]
+                    yield RenderResult(task, ar=ar, error=f"{type(error).__name__}: {error}",
+                                       seconds=sum(ar.timings.values()))
+                    continue
+                for (task, ar), clip in zip(batch, clips):
+                    seconds = sum(clip.timings.values())
+                    if not torch.isfinite(clip.samples).all():
+                        yield RenderResult(task, ar=ar, error="FloatingPointError: the audio is not finite (NaN or inf)",
+                                           seconds=seconds)
+                    else:
+                        yield RenderResult(task, clip.samples.reshape(-1).float().cpu(), clip.sample_rate, ar,
+                                           seconds=seconds)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tutortoietts.commands.options import Device, ModelsDir
+from tutortoietts.commands.options import BatchChunks, Device, ModelsDir
 from tutortoietts.errors import UserError
 
 STAGE_COLUMNS = ("autoregressive", "rerank", "latents", "diffusion", "vocoder", "hifi")  # hifi: decoder "hifi" sides
@@ -134,6 +134,25 @@ def print_report(console: Console, report: dict) -> None:
         console.print(f"[bold]warning:[/bold] {research.QUALITY_WARNING}")
 
 
+def bench_book(book: Path, models_dir: Path, device: str, chunks: int, codes: int, batch_chunks: str, json_path) -> None:
+    """`bench --book`: the book's first chunks serial, batched and (CPU) with the reference; see devtools/bench_book.py."""
+    from tutortoietts.devtools.bench_book import BookBenchOptions, book_tables, run_book_bench
+
+    if not book.is_file():
+        raise UserError(f"--book {book}: no such file")
+    options = BookBenchOptions(book=book, models_dir=models_dir, chunks=chunks, codes=codes, device=device,
+                               batch_chunks=batch_chunks)
+    console = Console(width=max(Console().width, 150))
+    with console.status("benchmarking the book") as status:
+        report = run_book_bench(options, progress=status.update)
+    for table in book_tables(report):
+        console.print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        console.print(f"report written to {json_path}")
+
+
 def bench(
     models_dir: ModelsDir = None,
     device: Device = "cpu",
@@ -156,6 +175,9 @@ def bench(
     draft_layers: Annotated[Optional[int], typer.Option("--draft-layers", help="--speculative draft: the model's own first N blocks (default: half).")] = None,
     draft_models: Annotated[Optional[Path], typer.Option("--draft-models", help="--speculative draft: a folder with a smaller autoregressive.pth (and its tortoise-config.json).")] = None,
     studies_only: Annotated[bool, typer.Option("--studies-only", help="Run only --drop-layers/--ablate/--speculative, not the side-by-side timing.")] = False,
+    book: Annotated[Optional[Path], typer.Option("--book", help="Plan this manuscript like generate and render its first --chunks chunks serial, batched and (on a CPU) with the reference.")] = None,
+    chunks: Annotated[int, typer.Option("--chunks", min=1, help="With --book: how many of its chunks.")] = 8,
+    batch_chunks: BatchChunks = "auto",
 ) -> None:
     """Time the reference tortoise-tts and our engine on the same random full-size weights, stage by stage."""
     from tutortoietts.devtools import bench as bench_lib
@@ -163,6 +185,8 @@ def bench(
     directory = models_dir if models_dir is not None else bench_lib.default_models_dir()
     if not Path(directory).is_dir():
         raise UserError(f"models folder {directory} does not exist")
+    if book is not None:
+        return bench_book(book, Path(directory), device, chunks, codes or 100, batch_chunks, json_path)
     changes = dict(device=device, text=text, num_samples=samples, code_length=codes, diffusion_steps=steps,
                    repeats=repeats, reference_no_kv=no_cache_reference, compile=compile, warmup=warmup,
                    sides=tuple(side) if side else None, quality=quality)

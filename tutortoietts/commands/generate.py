@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tutortoietts.commands.options import Asr, AsrModel, LexiconFile, Retries
-from tutortoietts.commands.options import Device, IncludeFrontMatter, Master, ModelsDir, Precision, Preset, Quiet, Seed
+from tutortoietts.commands.options import BatchChunks, Device, IncludeFrontMatter, Master, ModelsDir, Precision, Preset, Quiet, Seed
 from tutortoietts.errors import UserError
 
 DEFAULT_PRESET = "balanced_v2"
@@ -179,6 +179,7 @@ def generate(
     encoding: Annotated[Optional[str], typer.Option("--encoding", help="The manuscript's text encoding when it is not UTF-8 or UTF-16 (e.g. cp1252, latin-1).")] = None,
     low_vram: Annotated[bool, typer.Option("--low-vram", help="Keep the networks in CPU memory and move each to the GPU only for its stage (for small GPUs; slower).")] = False,
     chapters: Annotated[Optional[str], typer.Option("--chapters", help="A preview: render only these chapters now (e.g. 1,3-4, numbered as `tutortoietts chapters` lists them) into the job and its preview/ folder; a run without --chapters renders the rest.")] = None,
+    batch_chunks: BatchChunks = "auto",
     cover: Annotated[Optional[Path], typer.Option("--cover", help="Cover image (JPEG/PNG) to embed instead of the book's own.")] = None,
     narrator: Annotated[Optional[str], typer.Option("--narrator", help="Narrator in the tags (default: 'Synthetic voice (<voice>)').")] = None,
     include_front_matter: IncludeFrontMatter = False,
@@ -211,7 +212,7 @@ def generate(
         raise UserError("--workers sets the number of Ray actors: use it with --ray")
     request = RenderRequest(
         book=book, voice=voice, preset=preset, overrides=parse_set_options(settings or []), out_dir=out,
-        fmt=fmt, models_dir=models_dir, device=device, precision=precision, seed=seed, title=title,
+        fmt=fmt, models_dir=models_dir, device=device, precision=precision, seed=seed, title=title, batch_chunks=batch_chunks,
         author=author, force=force, chapters=chapters, low_vram=low_vram, encoding=encoding, cover=cover, narrator=narrator,
         include_front_matter=include_front_matter, subtitles=subtitles.lower() if subtitles else None, master=master,
         retries=retries, lexicon=lexicon, asr=asr or asr_model is not None, asr_model=asr_model,

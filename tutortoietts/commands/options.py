@@ -44,3 +44,7 @@ AsrModel = Annotated[
     Optional[Path],
     typer.Option("--asr-model", help="A local faster-whisper model folder to check takes with instead of pocketsphinx (implies --asr; never downloaded)."),
 ]
+BatchChunks = Annotated[
+    str,
+    typer.Option("--batch-chunks", metavar="N|auto", help="Chunks decoded together in one batch: auto (from free memory and the preset), a number, or 1 for one chunk at a time."),
+]

@@ -132,6 +132,33 @@ class RowPositions:
         return cls(positions, (keys <= positions[:, :, None])[:, None], length)
 
 
+@dataclass(frozen=True)
+class SlotPositions:
+    """One new token per row of a static KV cache, each row (slot) at its own position.
+
+    Batched decoding across chunks (batching.py): every slot holds one candidate of some chunk,
+    with its own text length and progress. Row b writes its keys and values at positions[b] and
+    attends to cache positions 0..positions[b] of its own row; the rest of the first `length`
+    positions are masked to -inf, so they add exactly zero (stale entries there must be finite).
+    Shapes depend only on (B, length): with length = the whole cache the step is static, as a
+    captured CUDA graph needs.
+    """
+
+    positions: torch.Tensor  # (B,) int64: cache position of each row's new token
+    length: int  # L: cache positions attended, past every row's position
+
+
+class PrefixCapture:
+    """Marker for a forward that writes no cache: each layer's keys and values are collected instead.
+
+    A chunk's prefix is run once this way; its keys and values are then copied into every slot
+    that one of its candidates takes, whenever that happens (see batching.py).
+    """
+
+    def __init__(self):
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: (1, nh, T, hs) keys, values
+
+
 def checkpoint_weights_to_linear(module, state_dict, prefix, *args) -> None:
     """Load hook: GPT-2's Conv1D stores weights (in, out); our nn.Linear wants (out, in).
 
@@ -187,6 +214,8 @@ class SelfAttention(Conv1DLayout):
         q = q.view(batch, length, self.heads, -1).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(batch, length, self.heads, -1).transpose(1, 2)
         v = v.view(batch, length, self.heads, -1).transpose(1, 2)
+        if isinstance(input_pos, (SlotPositions, PrefixCapture)):
+            return self.c_proj(self.slot_attention(q, k, v, input_pos))
         if isinstance(input_pos, RowPositions):
             # Per-row positions (speculative verification): scatter each row's new keys and values
             # to its own places, then attend through the mask. Positions past a row's accepted
@@ -214,6 +243,36 @@ class SelfAttention(Conv1DLayout):
             y = F.scaled_dot_product_attention(q, keys, values) if x.is_cuda else cached_attention(q, keys, values)
         y = y.transpose(1, 2).reshape(batch, length, dim)  # (B, T, C)
         return self.c_proj(y)
+
+    def slot_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, where) -> torch.Tensor:
+        """Attention for batched decoding across chunks (see SlotPositions, PrefixCapture). -> (B, T, C)"""
+        batch, heads, length, head_dim = q.shape
+        if isinstance(where, PrefixCapture):
+            where.kv.append((k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # as prefill computes it
+        else:
+            index = where.positions.view(batch, 1, 1, 1).expand(batch, heads, 1, head_dim)
+            self.kv_cache.k[:batch].scatter_(2, index, k)
+            self.kv_cache.v[:batch].scatter_(2, index, v)
+            keys, values = self.kv_cache.k[:batch, :, : where.length], self.kv_cache.v[:batch, :, : where.length]
+            hidden = torch.arange(where.length, device=q.device) > where.positions[:, None]  # (B, L): not yet this row's
+            if q.is_cuda:
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=~hidden[:, None, None])
+            else:
+                y = masked_cached_attention(q, keys, values, hidden[:, None, None])
+        return y.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+def masked_cached_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """cached_attention with positions a row must not see: (B, nh, 1, hs), hidden (B, 1, 1, L) bool -> (B, nh, 1, hs).
+
+    Hidden scores become -inf before the fp32 softmax, so their probabilities are exactly 0 and
+    (their values being finite) they add exactly nothing: a row's result does not depend on
+    what other rows, or earlier occupants of its own row, left past its position.
+    """
+    scores = torch.matmul(q, keys.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, nh, 1, L)
+    probs = scores.float().masked_fill(hidden, float("-inf")).softmax(dim=-1)
+    return torch.matmul(probs.to(values.dtype), values)
 
 
 def cached_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -450,6 +509,41 @@ class AutoregressiveModel(nn.Module):
             hidden = self.gpt(x, input_pos=positions, layers=layers)
         return self.mel_logits(hidden)
 
+    def prefill_capture(self, prefix: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """prefill's pass without touching the cache: (1, P, C) -> next-code logits (1, codes) and, per
+        layer, the keys and values (1, nh, P + 1, hs) of the prefix and start code, for load_slot."""
+        start = torch.tensor([[self.start_mel_token]], device=prefix.device)
+        start_emb = self.mel_embedding(start) + self.mel_pos_embedding.emb.weight[0]  # (1, 1, C)
+        capture = PrefixCapture()
+        with sdpa_kernel(DECODE_ATTENTION):
+            hidden = self.gpt(torch.cat([prefix, start_emb], dim=1), input_pos=capture)  # (1, P + 1, C)
+        return self.mel_logits(hidden[:, -1]), capture.kv
+
+    def load_slot(self, slot: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write a captured prefix (prefill_capture) into cache row `slot`, positions 0..P."""
+        for block, (keys, values) in zip(self.gpt.h, kv):
+            cache = block.attn.kv_cache
+            cache.k[slot, :, : keys.shape[2]] = keys[0]
+            cache.v[slot, :, : values.shape[2]] = values[0]
+
+    def clear_slot(self, slot: int) -> None:
+        """Zero cache row `slot`: what a row that went non-finite left must not reach the next occupant."""
+        for block in self.gpt.h:
+            block.attn.kv_cache.k[slot].zero_()
+            block.attn.kv_cache.v[slot].zero_()
+
+    def decode_slots(self, tokens: torch.Tensor, positions: torch.Tensor, mel_positions: torch.Tensor,
+                     length: int) -> torch.Tensor:
+        """One code per slot, each at its own cache position: tokens (B, 1), positions (B,), mel_positions
+        (B,) -> next-code logits (B, codes). Attends the first `length` cache positions (see SlotPositions).
+
+        Everything per row is a tensor, so with a fixed `length` the shapes never change: the step a
+        CUDA graph captures once per batch size (batching.DecodeStep).
+        """
+        x = self.mel_embedding(tokens) + self.mel_pos_embedding.emb.weight[mel_positions][:, None]  # (B, 1, C)
+        with sdpa_kernel(DECODE_ATTENTION):
+            hidden = self.gpt(x, input_pos=SlotPositions(positions, length))
+        return self.mel_logits(hidden[:, -1])
 
     # The same steps with the latents they produce (the hidden state after final_norm, before the
     # head), for a loop that reports them (decoding.generate_codes's on_step): prefill and

@@ -16,7 +16,7 @@ import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -340,8 +340,11 @@ class Tortoise:
     @uses("diffusion")
     @torch.inference_mode()
     def diffuse(self, latents: torch.Tensor, voice: VoiceLatents, settings, noise: torch.Tensor | None = None,
-                seed: int = 0, progress: Progress | None = None) -> torch.Tensor:
-        """Latents (n, T, d_ar) -> denormalised mel (n, 100, T * 4 * 24000 // 22050), float32."""
+                seed: int = 0, progress: Progress | None = None, shared_timestep: bool = False) -> torch.Tensor:
+        """Latents (n, T, d_ar) -> denormalised mel (n, 100, T * 4 * 24000 // 22050), float32.
+
+        shared_timestep: see diffusion.sample_mel (audio_batch's rows must not depend on their batch).
+        """
         from tutortoietts.engine.diffusion import sample_mel
 
         if getattr(settings, "diffusion_steps", "fixed") != "fixed":
@@ -360,6 +363,7 @@ class Tortoise:
             noise=None if noise is None else noise.to(self.device),
             generator=self._generator(seed, "diffusion"),
             progress=steps,
+            shared_timestep=shared_timestep,
         )
         mel = mel.float().cpu()
         release_freed_memory(self.device)
@@ -387,8 +391,6 @@ class Tortoise:
     def autoregressive_stage(self, text: str, voice: VoiceLatents, settings, seed: int = 0,
                        instruments: Instruments = NO_INSTRUMENTS, progress: Progress | None = None) -> ARResult:
         """Tokenize, sample candidates, rerank them with CLVP, and take the best one's latents."""
-        from tutortoietts.engine.gpt import fix_codes
-
         report = progress or (lambda stage, step, steps: None)
         timer = StageTimer(self.device)
         both = _Both(timer, instruments)
@@ -396,8 +398,18 @@ class Tortoise:
         with both.stage("autoregressive"):
             report("autoregressive", 0, 1)
             sampled = self.sample_raw_codes(text_ids, voice, settings, seed, instruments=instruments)  # (k, T)
-            stopped = (sampled == STOP_MEL_TOKEN).any(dim=1)  # (k,) False: ran to max_mel_tokens
-            codes = fix_codes(sampled)
+        return self.choose_candidate(text_ids, sampled, voice, timer, instruments, report)
+
+    def choose_candidate(self, text_ids: torch.Tensor, sampled: torch.Tensor, voice: VoiceLatents, timer: StageTimer,
+                         instruments: Instruments = NO_INSTRUMENTS, report=None) -> ARResult:
+        """The autoregressive stages after sampling: fix the candidates up, rerank them with CLVP, and take
+        the best one's latents. `timer` holds the sampling's seconds already; rerank and latents are added."""
+        from tutortoietts.engine.gpt import fix_codes
+
+        report = report or (lambda stage, step, steps: None)
+        both = _Both(timer, instruments)
+        stopped = (sampled == STOP_MEL_TOKEN).any(dim=1)  # (k,) False: ran to max_mel_tokens
+        codes = fix_codes(sampled)
         with both.stage("rerank"):
             report("rerank", 0, 1)
             if len(codes) > 1:
@@ -495,6 +507,105 @@ class Tortoise:
         if settings.decoder != "hifi":
             raise UserError('streaming needs the hifi decoder: use --preset realtime or --set decoder=hifi')
         return SpeechStream(self, text, voice, settings, seed, **windows)
+
+    # -- the same stages for many chunks at once (engine/batching.py) ----------------------------------
+
+    def autoregressive_batch(self, items: Iterable[tuple], voice: VoiceLatents, settings, *, slots: int,
+                             instruments: Instruments = NO_INSTRUMENTS, graph: bool | None = None):
+        """autoregressive_stage for many chunks at once: their candidates sample together in `slots` rows
+        of one static KV cache (batching.BatchedDecoder), then each chunk is reranked and takes its
+        latents alone, as choose_candidate does for one.
+
+        items: (key, text, seed) to compute, or (key, ARResult) already known, handed back in turn;
+        read lazily, as slots free up. Yields lists of (key, ARResult or this chunk's exception) as
+        chunks complete. A chunk's candidates depend only on its text and seed (each candidate has
+        its own random stream, see batching.py), not on the chunks beside it, but differ from
+        autoregressive_stage's. `graph`: capture the decode step as a CUDA graph (default: on CUDA).
+        After the run, `self.decode_stats` holds the decoder's counts (batching.DecodeStats).
+        """
+        from tutortoietts.engine.batching import BatchedDecoder, ChunkJob, DecodeStep, Passed, cache_length
+
+        if self.low_vram:
+            raise UserError("batched rendering keeps the networks on the device: use --batch-chunks 1 with --low-vram")
+        count = settings.num_autoregressive_samples
+        model = self.autoregressive
+        model.keep_layers(settings.ar_layers)  # experimental; () = every block
+
+        def jobs():
+            for item in items:
+                if isinstance(item[1], ARResult):
+                    yield Passed((item[0], item[1]))
+                    continue
+                key, text, seed = item
+                try:
+                    text_ids = self.tokenize(text)
+                except Exception as error:  # this chunk's own problem
+                    yield Passed((key, error))
+                    continue
+                yield ChunkJob(key, text_ids, [stage_seed(seed, f"autoregressive/{row}") for row in range(count)])
+
+        graph = self.device.type == "cuda" if graph is None else graph
+        step = DecodeStep(model, cache_length(model, settings.max_mel_tokens), graph=graph)
+        decoder = BatchedDecoder(model, voice.autoregressive, slots=slots, max_mel_tokens=settings.max_mel_tokens,
+                                 temperature=settings.temperature, top_p=settings.top_p,
+                                 repetition_penalty=settings.repetition_penalty, step=step, instruments=instruments)
+        self.decode_stats = decoder.stats
+        for group in decoder.run(jobs()):
+            finished = []
+            for done in group:
+                if isinstance(done, tuple):  # passed through
+                    finished.append(done)
+                elif done.error is not None:
+                    finished.append((done.key, done.error))
+                else:
+                    timer = StageTimer(self.device, seconds={"autoregressive": done.seconds})
+                    try:
+                        finished.append((done.key, self.choose_candidate(done.text_ids, done.codes, voice, timer, instruments)))
+                    except Exception as error:
+                        finished.append((done.key, error))
+            yield finished
+
+    def batch_slots(self, settings, chunks: int | None = None) -> int:
+        """KV cache rows for autoregressive_batch: `chunks` chunks' candidates at once, or None for
+        auto (from the memory left and the preset; see batching.plan_slots)."""
+        from tutortoietts.engine.batching import plan_slots
+
+        return plan_slots(self.autoregressive, settings.num_autoregressive_samples, settings.max_mel_tokens, chunks,
+                          self.device)
+
+    def audio_batch(self, ars: list[ARResult], voice: VoiceLatents, settings, seeds: list[int],
+                    instruments: Instruments = NO_INSTRUMENTS) -> list[Clip]:
+        """audio_stage for chunks whose latents have one length, as one batch (the caller buckets them).
+
+        Each chunk's noise is drawn from its own seed exactly as audio_stage draws it, every row
+        shares one time embedding and embeds its latents alone (diffuse's shared_timestep), and the
+        vocoder runs chunk by chunk, so a chunk's audio is as alone to 1e-5 (tests/test_batching.py).
+        DDPM draws fresh noise from one stream at every step: it runs chunk by chunk.
+        """
+        from tutortoietts.engine import samplers
+        from tutortoietts.engine.diffusion import output_frames
+
+        if len({ar.latents.shape[1] for ar in ars}) != 1:
+            raise ValueError("audio_batch needs latents of one length: bucket the chunks first")
+        if len(ars) > 1 and settings.sampler == "ddpm":
+            return [clip for ar, seed in zip(ars, seeds) for clip in self.audio_batch([ar], voice, settings, [seed], instruments)]
+        timer = StageTimer(self.device)
+        both = _Both(timer, instruments)
+        frames = output_frames(ars[0].latents.shape[1])
+        noise = None
+        if len(ars) > 1:  # alone, sample_mel draws the same from the same seed itself
+            noise = torch.cat([samplers.standard_normal((1, self.diffusion.in_channels, frames),
+                                                        self._generator(seed, "diffusion"), self.device) for seed in seeds])
+        with both.stage("diffusion"):
+            mel = self.diffuse(torch.cat([ar.latents for ar in ars]), voice, settings, noise=noise, seed=seeds[0],
+                               shared_timestep=True)  # (n, 100, frames)
+        with both.stage("vocoder"):
+            # Chunk by chunk: UnivNet's location-variable convolution (an einsum over the batch)
+            # gave a row other bits beside others; it is a few percent of the time.
+            wave = torch.cat([self.vocode(mel[row : row + 1], seed=seed) for row, seed in enumerate(seeds)])  # (n, 1, samples)
+        share = {name: seconds / len(ars) for name, seconds in timer.seconds.items()}
+        return [Clip(samples=wave[row].reshape(-1), sample_rate=SAMPLE_RATE, codes=ar.codes[ar.chosen, : ar.latents.shape[1]],
+                     timings={**ar.timings, **share}, mel=mel[row : row + 1]) for row, ar in enumerate(ars)]
 
     def synthesize(self, text: str, voice: VoiceLatents, settings, seed: int = 0,
                    progress: Progress | None = None, instruments: Instruments = NO_INSTRUMENTS) -> Clip:
