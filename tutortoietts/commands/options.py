@@ -34,11 +34,11 @@ Retries = Annotated[
 ]
 LexiconFile = Annotated[
     Optional[Path],
-    typer.Option("--lexicon", help='Pronunciation respellings (TOML: word = "respelling"; [regex] pattern = "respelling"), on top of ~/.config/tutortoietts/lexicon.toml.'),
+    typer.Option("--lexicon", help='Pronunciation respellings (TOML: word = "respelling"; under \\[regex]: pattern = "respelling"), on top of ~/.config/tutortoietts/lexicon.toml.'),
 ]
 Asr = Annotated[
     bool,
-    typer.Option("--asr", help="Quality gate: also check each take with offline speech recognition (pocketsphinx, about 10% of real time on one CPU core)."),
+    typer.Option("--asr", help="Quality gate: also check each take with offline speech recognition (pocketsphinx: a few percent of real time on one CPU core)."),
 ]
 AsrModel = Annotated[
     Optional[Path],
