@@ -87,6 +87,26 @@ def test_chunks_failing_alike_are_not_retried(space, tiny_models_dir, tmp_path):
     assert all([t["flags"][:2] for t in takes[name]] == [["no_stop", "not_speech"]] for name in NAMES)
 
 
+def test_a_first_take_saved_but_not_recorded_is_measured_again(space, tiny_models_dir, tmp_path):
+    """A kill between writing a chunk's first take and recording it: the resumed run measures the file
+    again, so the chunks around it decide as the uninterrupted run did (no retakes, no file rewritten)."""
+    import sqlite3
+
+    noise = {(None, attempt): "noise" for attempt in (1, 2, 3)}
+    generate(space, tiny_models_dir, tmp_path / "job", EspeakRenderer(defects=noise))
+    before = chunk_bytes(tmp_path / "job")
+    _, rows = takes_by_chunk(tmp_path / "job")
+    db = sqlite3.connect(tmp_path / "job" / "job.sqlite")
+    with db:
+        db.execute("DELETE FROM takes WHERE cache_key = ?", (rows["0-1"].cache_key,))
+    db.close()
+    resumed = EspeakRenderer(defects=noise)
+    generate(space, tiny_models_dir, tmp_path / "job", resumed)
+    assert resumed.calls == [] and chunk_bytes(tmp_path / "job") == before
+    takes, _ = takes_by_chunk(tmp_path / "job")
+    assert [(t["attempt"], t["source"], t["flags"][:1]) for t in takes["0-1"]] == [(1, "recovered", ["not_speech"])]
+
+
 def test_a_failure_unlike_its_neighbours_is_retried(space, tiny_models_dir, tmp_path):
     """Two noisy chunks then a good one: the noisy ones are bad luck, not the model, so both are retried."""
     renderer = EspeakRenderer(defects={("1-0", 1): "noise", ("1-1", 1): "noise"})

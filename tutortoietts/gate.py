@@ -155,6 +155,13 @@ def render_gated(job, plan, request, cache, renderer, pending: list[ChunkRow], t
 
     counts = RunCounts()
     checker = Checker(plan, options)
+
+    def stored_call(action):
+        try:
+            return action()
+        except (OSError, sqlite3.OperationalError) as error:
+            raise storage_error(error, plan.job_dir, tracker.done) from None
+
     read_cache = not request.force
     keys = {**plan.ar_keys, **(ar_keys or {})}
     first_attempts = first_attempts or {}
@@ -169,6 +176,12 @@ def render_gated(job, plan, request, cache, renderer, pending: list[ChunkRow], t
     recorded: dict[str, list[dict]] = {}
     for take in job.takes():
         recorded.setdefault(take["cache_key"], []).append(take)
+    if systemic_rule and recorded:  # a job the gate has rendered (a rebuilt database holds no takes: left as is)
+        for row in order:
+            if row.name not in series and row.status == "done" and row.cache_key not in recorded:
+                take = stored_call(lambda: recover_first_take(job, row, keys.get(row.cache_key), cache, checker))
+                if take is not None:
+                    recorded[row.cache_key] = [take]
     if systemic_rule:
         for row in order:
             if row.name not in series and row.status == "done":
@@ -183,12 +196,6 @@ def render_gated(job, plan, request, cache, renderer, pending: list[ChunkRow], t
         first_flags[row.name] = waiting if pending_first else (take["flags"] if take else None)
     undecided: list[Series] = [s for s in series.values() if s.next == 2 and systemic_rule and s.last > 1]
     stats = {"retakes": 0, "still_failing": 0, "told": False}
-
-    def stored(action):
-        try:
-            return action()
-        except (OSError, sqlite3.OperationalError) as error:
-            raise storage_error(error, plan.job_dir, tracker.done) from None
 
     def close(s: Series) -> None:
         if s.best is not None and s.best["flags"]:
@@ -216,10 +223,10 @@ def render_gated(job, plan, request, cache, renderer, pending: list[ChunkRow], t
     def handle(s: Series, attempt: int, samples, rate: int, ar, source: str, render_seconds: float) -> None:
         flags, figures, check_seconds = checker.measure(s.row.text, samples, rate, ar)
         figures["series_first"] = s.first
-        take = take_record(s, attempt, flags, figures, source, render_seconds, check_seconds, samples)
+        take = take_record(s.row, s.ar_key, attempt, flags, figures, source, render_seconds, check_seconds, samples)
         if s.best is None or qa.take_rank(flags, figures.get("clvp_score"), attempt) < qa.take_rank(
                 s.best["flags"], s.best["figures"].get("clvp_score"), s.best["attempt"]):
-            stored(lambda: job.write_chunk(s.row, samples, rate, render_seconds, take=take))
+            stored_call(lambda: job.write_chunk(s.row, samples, rate, render_seconds, take=take))
             s.best = take
             if not s.saved:
                 s.saved = True
@@ -228,7 +235,7 @@ def render_gated(job, plan, request, cache, renderer, pending: list[ChunkRow], t
                 tracker.notices(cache.take_notices())
                 tracker.chunk(s.row, source, counts.audio_seconds)
         else:
-            stored(lambda: job.record_take(take))
+            stored_call(lambda: job.record_take(take))
         s.next = attempt + 1
         if attempt == 1 and s.first == 1:
             first_flags[s.row.name] = flags
@@ -237,16 +244,6 @@ def render_gated(job, plan, request, cache, renderer, pending: list[ChunkRow], t
         if not flags or (s.next > s.last and s not in undecided):
             close(s)
         decide()
-
-    def take_record(s: Series, attempt: int, flags, figures, source, render_seconds, check_seconds, samples) -> dict:
-        import numpy as np
-
-        data = np.ascontiguousarray(samples.detach().float().cpu().numpy() if hasattr(samples, "detach") else samples,
-                                    dtype="<f4")
-        return {"cache_key": s.row.cache_key, "attempt": attempt, "seed": take_seed(s.row.seed, attempt),
-                "take_key": take_keys(s.ar_key, s.row.cache_key, attempt)[1], "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
-                "flags": flags, "figures": figures, "source": source, "render_seconds": round(render_seconds, 4),
-                "check_seconds": round(check_seconds, 4)}
 
     def run_round(active: list[Series]) -> None:
         tasks = []
@@ -271,7 +268,7 @@ def render_gated(job, plan, request, cache, renderer, pending: list[ChunkRow], t
                 if s.best is not None:  # a later take failed to render: the best earlier one stays
                     close(s)
                     continue
-                stored(lambda: job.mark_failed(s.row, result.error, result.seconds))
+                stored_call(lambda: job.mark_failed(s.row, result.error, result.seconds))
                 counts.failed.append((s.row, result.error))
                 tracker.chunk(s.row, "failed", counts.audio_seconds)
                 series.pop(s.row.name)
@@ -302,6 +299,38 @@ def render_gated(job, plan, request, cache, renderer, pending: list[ChunkRow], t
                          f"renders one again"])
     counts.retakes = stats["retakes"]
     return counts
+
+
+def take_record(row: ChunkRow, ar_key: str | None, attempt: int, flags, figures, source, render_seconds,
+                check_seconds, samples) -> dict:
+    """A row of the takes table (jobs.py) for one take of `row`."""
+    import numpy as np
+
+    data = np.ascontiguousarray(samples.detach().float().cpu().numpy() if hasattr(samples, "detach") else samples,
+                                dtype="<f4")
+    return {"cache_key": row.cache_key, "attempt": attempt, "seed": take_seed(row.seed, attempt),
+            "take_key": take_keys(ar_key, row.cache_key, attempt)[1], "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
+            "flags": flags, "figures": figures, "source": source,
+            "render_seconds": None if render_seconds is None else round(render_seconds, 4),
+            "check_seconds": round(check_seconds, 4)}
+
+
+def recover_first_take(job, row: ChunkRow, ar_key: str | None, cache, checker: Checker) -> dict | None:
+    """The take record of a done chunk that has none: a run killed between writing its first take and
+    recording it. Measured again from the file (the same samples, so the same figures), with the
+    autoregressive result from the cache when it is there (the stop token, the CLVP score)."""
+    import soundfile
+
+    path = job.directory / row.audio_path if row.audio_path else None
+    if path is None or not path.is_file():
+        return None
+    samples, rate = soundfile.read(str(path), dtype="float32")
+    ar = cache.get_ar(ar_key) if ar_key is not None else None
+    flags, figures, check_seconds = checker.measure(row.text, samples, rate, ar)
+    figures["series_first"] = 1
+    take = take_record(row, ar_key, 1, flags, figures, "recovered", None, check_seconds, samples)
+    job.record_take(take)
+    return take
 
 
 def open_series(row: ChunkRow, takes: list[dict], retries: int, ar_key: str | None) -> Series | None:
