@@ -175,7 +175,7 @@ def streamed_result(text_ids: torch.Tensor, sampled: torch.Tensor):
     """The ARResult of a one-candidate stream: what autoregressive_stage returns for it, but for the
     diffusion decoder's latents, left to SpeechStream.complete_result."""
     from tutortoietts.engine.gpt import fix_codes
-    from tutortoietts.engine.pipeline import STOP_MEL_TOKEN, ARResult, sampled_lengths
+    from tutortoietts.engine.results import STOP_MEL_TOKEN, ARResult, sampled_lengths
 
     return ARResult(codes=fix_codes(sampled), scores=torch.full((1,), float("nan")), chosen=0, latents=None,
                     stopped=(sampled == STOP_MEL_TOKEN).any(dim=1), lengths=sampled_lengths(sampled),
