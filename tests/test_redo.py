@@ -206,6 +206,17 @@ def test_redo_text_replaces_one_chunk_and_generate_keeps_it(finished, space, tin
     assert rows["0-3"].text == corrected
 
 
+def test_redo_with_a_lexicon_renders_only_the_chunks_it_changes(finished, tmp_path):
+    job_dir, renderer = finished
+    lexicon = tmp_path / "fix.toml"
+    lexicon.write_text('grandmother = "granny"\n', encoding="utf-8")
+    before = chunk_bytes(job_dir)
+    gate.redo(job_dir, [], lexicon=lexicon)
+    assert renderer.calls == [("1-2", 1, "My granny kept her letters in a wooden box under the bed.")]
+    after = chunk_bytes(job_dir)
+    assert [name for name in before if before[name] != after[name]] == ["1-2.wav"]
+
+
 def test_redo_mistakes_are_one_line(finished, tmp_path, monkeypatch, capsys):
     job_dir, _ = finished
     for args, expected in [
