@@ -469,7 +469,8 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
         tracker.emit(ProgressEvent("stitch", tracker.done, total, audio_seconds=counts.audio_seconds,
                                    wall_seconds=time.perf_counter() - tracker.start))
         try:
-            outputs = stitch_job(job, plan, request, preview)
+            # (a preview's own call, so that a stand-in stitch_job for the whole book keeps its signature)
+            outputs = stitch_job(job, plan, request) if preview is None else stitch_job(job, plan, request, preview)
         except (OSError, sqlite3.OperationalError) as error:
             raise storage_error(error, plan.job_dir, tracker.done) from None
         if preview is None:  # a preview leaves the book unfinished
