@@ -253,3 +253,10 @@ def test_bench_has_a_hifi_side(tiny_models_dir, tmp_path):
     assert side["total_seconds"] == pytest.approx(sum(side["stage_seconds"].values()))
     assert side["real_time_factor"] == pytest.approx(side["total_seconds"] / side["audio_seconds"])
     assert side["audio_seconds"] == pytest.approx(joined_length(16) / 24000)
+
+
+def test_audio_batch_with_the_hifi_decoder_is_audio_stage_per_chunk(tts, voice, whole):
+    """The batched renderer's audio_batch (bench's batch_audio) dispatches on the decoder too."""
+    ar, clip = whole
+    clips = tts.audio_batch([ar, ar], voice, SETTINGS, [5, 5])
+    assert len(clips) == 2 and all(torch.equal(c.samples, clip.samples) for c in clips)

@@ -535,6 +535,8 @@ class Tortoise:
         from tutortoietts.engine import samplers
         from tutortoietts.engine.diffusion import output_frames
 
+        if settings.decoder == "hifi":  # nothing to diffuse: the HiFi decoder, chunk by chunk
+            return [self.audio_stage(ar, voice, settings, seed, instruments) for ar, seed in zip(ars, seeds)]
         if len({ar.latents.shape[1] for ar in ars}) != 1:
             raise ValueError("audio_batch needs latents of one length: bucket the chunks first")
         if len(ars) > 1 and settings.sampler == "ddpm":
