@@ -11,6 +11,7 @@ from tests.cli_support import cli_in_process
 from tests.qa_corpus import ESPEAK
 from tests.qa_support import EspeakRenderer, chunk_bytes, generate, make_workspace, request
 from tutortoietts import gate
+from tutortoietts.redo import redo
 from tutortoietts.errors import UserError
 from tutortoietts.gate import take_seed
 from tutortoietts.jobs import Job, chunk_seed
@@ -182,20 +183,20 @@ def test_redo_renders_named_chunks_with_new_seeds_and_restitches(finished):
     before = chunk_bytes(job_dir)
     book = next(job_dir.glob("*.wav"))
     book_before = book.read_bytes()
-    summary = gate.redo(job_dir, ["0-2", "1-1"])
+    summary = redo(job_dir, ["0-2", "1-1"])
     assert [(name, attempt) for name, attempt, _ in renderer.calls] == [("0-2", 2), ("1-1", 2)]
     after = chunk_bytes(job_dir)
     assert sorted(name for name in before if before[name] != after[name]) == ["0-2.wav", "1-1.wav"]
     assert book.read_bytes() != book_before and summary.outputs[0] == book
     assert [(item["name"], item["attempt"], item["flags"]) for item in summary.redone] == [("0-2", 2, []), ("1-1", 2, [])]
-    gate.redo(job_dir, ["0-2"])  # again: the next seed
+    redo(job_dir, ["0-2"])  # again: the next seed
     assert renderer.calls[-1][:2] == ("0-2", 3) and kept_attempt(job_dir, "0-2") == 3
 
 
 def test_redo_text_replaces_one_chunk_and_generate_keeps_it(finished, space, tiny_models_dir):
     job_dir, renderer = finished
     corrected = "Nobody expected the old clock to tick again."
-    summary = gate.redo(job_dir, ["0-3"], text=corrected)
+    summary = redo(job_dir, ["0-3"], text=corrected)
     assert renderer.calls == [("0-3", 1, corrected)]  # new text, so its own first seed
     _, rows = takes_by_chunk(job_dir)
     assert rows["0-3"].text == corrected and summary.redone[0]["text"] == corrected
@@ -211,7 +212,7 @@ def test_redo_with_a_lexicon_renders_only_the_chunks_it_changes(finished, tmp_pa
     lexicon = tmp_path / "fix.toml"
     lexicon.write_text('grandmother = "granny"\n', encoding="utf-8")
     before = chunk_bytes(job_dir)
-    gate.redo(job_dir, [], lexicon=lexicon)
+    redo(job_dir, [], lexicon=lexicon)
     assert renderer.calls == [("1-2", 1, "My granny kept her letters in a wooden box under the bed.")]
     after = chunk_bytes(job_dir)
     assert [name for name in before if before[name] != after[name]] == ["1-2.wav"]
@@ -236,7 +237,7 @@ def test_redo_refuses_when_the_manuscript_changed(finished, space):
     try:
         space["book"].write_text(original.replace("lazy dog", "sleepy dog"), encoding="utf-8")
         with pytest.raises(UserError, match="changed since this job was rendered"):
-            gate.redo(job_dir, ["0-2"])
+            redo(job_dir, ["0-2"])
     finally:
         space["book"].write_text(original, encoding="utf-8")
 

@@ -75,7 +75,7 @@ def setup(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "resolve_weights", lambda d: (tmp_path, "fake-weights"))
     stitched = []
 
-    def fake_stitch(job, plan, request):
+    def fake_stitch(job, plan, request, preview=None):
         stitched.append([row.audio_path for row in job.rows()])
         return [job.directory / f"book.{request.fmt}"]
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tutortoietts import qa
 from tutortoietts.cache import digest
 from tutortoietts.errors import UserError
-from tutortoietts.jobs import ChunkRow
+from tutortoietts.jobs import ChunkRow, storage_error
 from tutortoietts.renderers import RenderTask
 
 
@@ -41,6 +41,25 @@ class GateOptions:
     def __post_init__(self):
         if not isinstance(self.retries, int) or self.retries < 0:
             raise UserError(f"--retries must be 0 or more, got {self.retries!r}")
+
+
+@dataclass
+class RunCounts:
+    """What this run did with its pending chunks."""
+
+    rendered: int = 0  # every stage computed
+    ar_cache: int = 0  # autoregressive result from the cache, audio computed
+    audio_cache: int = 0  # audio from the cache
+    failed: list[tuple[ChunkRow, str]] = field(default_factory=list)
+    audio_seconds: float = 0.0  # audio this run produced
+
+    def count(self, source: str) -> None:
+        if source == "rendered":
+            self.rendered += 1
+        elif source == "ar-cache":
+            self.ar_cache += 1
+        elif source == "audio-cache":
+            self.audio_cache += 1
 
 
 def take_seed(chunk_seed: int, attempt: int) -> int:
@@ -143,7 +162,7 @@ class Series:
 def render_gated(job, plan, request, cache, renderer, pending: list[ChunkRow], tracker, options: GateOptions,
                  first_attempts: dict[str, int] | None = None, ar_keys: dict[str, str] | None = None,
                  systemic_rule: bool = True):
-    """Render every pending chunk through the gate; returns render.RunCounts.
+    """Render every pending chunk through the gate; returns RunCounts.
 
     A chunk is saved with its first take whatever the checks say (so a kill never loses it), and a
     better take replaces it. first_attempts: chunk name -> the attempt its series starts at (redo).
@@ -151,8 +170,6 @@ def render_gated(job, plan, request, cache, renderer, pending: list[ChunkRow], t
     systemic_rule (generate): a chunk whose first take fails like the first takes of its window
     keeps that take without retries; series an interrupted run left open are continued.
     """
-    from tutortoietts.render import RunCounts, storage_error
-
     counts = RunCounts()
     checker = Checker(plan, options)
 
@@ -343,135 +360,3 @@ def open_series(row: ChunkRow, takes: list[dict], retries: int, ar_key: str | No
     if attempts >= 1 + retries or any(not t["flags"] for t in takes):
         return None
     return Series(row, ar_key, 1, 1 + retries, attempts + 1, best=best, saved=True)
-
-
-def request_record(request) -> dict:
-    """A RenderRequest as JSON the job keeps (paths absolute, marked), for `redo`."""
-    import dataclasses
-
-    record = {}
-    for item in dataclasses.fields(request):
-        value = getattr(request, item.name)
-        if item.name == "voice" and value != "random" and Path(value).expanduser().exists():
-            value = str(Path(value).expanduser().resolve())  # a folder of clips: found from any folder
-        if isinstance(value, Path):
-            value = {"path": str(value.expanduser().resolve())}
-        elif isinstance(value, tuple):
-            value = [list(v) if isinstance(v, tuple) else v for v in value]
-        record[item.name] = value
-    record["force"] = False  # a redo never re-renders the whole book
-    return record
-
-
-def request_from_record(record: dict, **changes):
-    """The RenderRequest a job was rendered with (fields this version does not know are dropped)."""
-    import dataclasses
-
-    from tutortoietts.render import RenderRequest
-
-    known = {item.name for item in dataclasses.fields(RenderRequest)}
-    values = {}
-    for name, value in record.items():
-        if name not in known:
-            continue
-        if isinstance(value, dict) and set(value) == {"path"}:
-            value = Path(value["path"])
-        elif name == "text_overrides":
-            value = tuple(tuple(pair) for pair in value)
-        values[name] = value
-    values.update(changes)
-    return RenderRequest(**values)
-
-
-@dataclass
-class RedoSummary:
-    job_dir: Path
-    outputs: list[Path]
-    redone: list[dict]  # per named chunk: name, attempt kept, its flags
-    rendered: int  # chunks rendered (named ones and any the lexicon or an earlier stop left pending)
-
-
-def redo(job_dir: Path, names: list[str], *, text: str | None = None, lexicon: Path | None = None,
-         retries: int | None = None, asr: bool | None = None, asr_model: Path | None = None,
-         models_dir: Path | None = None, device: str | None = None, progress=None) -> RedoSummary:
-    """Render the named chunks again with new seeds (one of them with new text), then stitch the book again.
-
-    The job's own request (what generate was asked for) decides everything else, so the book comes
-    out as generate would make it. With a lexicon, chunks whose text it changes are rendered too.
-    """
-    from tutortoietts.cache import Cache
-    from tutortoietts.jobs import DB_NAME, Job, plan_hash
-    from tutortoietts.render import (ProgressTracker, check_export_possible, make_renderer, plan_render, prepare_job,
-                                     raise_failures, repair_notices, stitch_job, storage_error)
-
-    job_dir = Path(job_dir)
-    if not (job_dir / DB_NAME).is_file():
-        raise UserError(f"no job in {job_dir} (a job folder holds {DB_NAME}; `tutortoietts jobs` lists them)")
-    if not names and lexicon is None:
-        raise UserError("name the chunks to render again, as `tutortoietts qa` lists them (e.g. 0-3)")
-    if text is not None and len(names) != 1:
-        raise UserError("--text replaces one chunk's text: name exactly one chunk")
-    with Job.open(job_dir) as job:
-        record = job.request()
-        if record is None:
-            raise UserError(f"{job_dir} was rendered before `redo` existed: run generate on it once, then redo")
-        changes = {"out_dir": job_dir, "force": False}
-        for name, value in (("lexicon", lexicon), ("retries", retries), ("asr", asr), ("asr_model", asr_model),
-                            ("models_dir", models_dir), ("device", device)):
-            if value is not None:
-                changes[name] = value
-        request = request_from_record(record, **changes)
-        options = GateOptions(request.retries, request.asr or request.asr_model is not None, request.asr_model)
-        plan = plan_render(request)
-        check_export_possible(request)
-        notices = list(job.notices)
-        if lexicon is not None:
-            notices += repair_notices(prepare_job(job, plan, request))
-        elif job.info()["plan_hash"] != plan_hash(plan.chunks):
-            raise UserError("the manuscript, its settings or the lexicon changed since this job was rendered: "
-                            "run generate on it first, then redo")
-        rows = {row.name: row for row in job.rows()}
-        unknown = [name for name in names if name not in rows]
-        if unknown:
-            raise UserError(f"no chunk {', '.join(unknown)} in this job: names run from {next(iter(rows))} to "
-                            f"{list(rows)[-1]}, as `tutortoietts qa {job_dir}` lists them")
-        recorded: dict[str, int] = {}
-        for take in job.takes():
-            recorded[take["cache_key"]] = max(recorded.get(take["cache_key"], 1), take["attempt"])
-        first_attempts, extra_keys = {}, {}
-        for name in dict.fromkeys(names):
-            row = rows[name]
-            if text is not None:
-                corrected = plan_render(request_from_record(record, **changes, text_overrides=((name, text),)))
-                planned = next(c for c in corrected.chunks if f"{c.chapter}-{c.index}" == name)
-                extra_keys[planned.cache_key] = corrected.ar_keys[planned.cache_key]
-                try:
-                    row = rows[name] = job.replace_chunk(row, planned.text, planned.seed, planned.cache_key)
-                except (OSError, sqlite3.OperationalError) as error:
-                    raise storage_error(error, job_dir, 0) from None
-            # A new seed: the attempt after every take recorded for this text (the first, for new text).
-            first_attempts[name] = recorded[row.cache_key] + 1 if row.cache_key in recorded else (1 if text else 2)
-        todo = [rows[name] for name in dict.fromkeys(names)]
-        todo += [row for row in job.rows("pending") if row.name not in first_attempts]
-        with Cache(request.cache_dir) as cache:
-            total = len(rows)
-            tracker = ProgressTracker(progress, total - len(todo), total, len(todo))
-            tracker.notices([*cache.take_notices(), *notices])
-            renderer = make_renderer(plan, request, cache)
-            counts = render_gated(job, plan, request, cache, renderer, todo, tracker, options,
-                                  first_attempts=first_attempts, ar_keys=extra_keys, systemic_rule=False)
-            raise_failures(counts, total, job_dir)
-            try:
-                outputs = stitch_job(job, plan, request)
-            except (OSError, sqlite3.OperationalError) as error:
-                raise storage_error(error, job_dir, tracker.done) from None
-            job.mark_finished()
-            job.set_request(request_record(request))
-        final = {row.name: row for row in job.rows()}
-        redone = []
-        for name in dict.fromkeys(names):
-            row = final[name]
-            kept = next((t for t in job.takes(row.cache_key) if t["sha256"] == row.checksum), None)
-            redone.append({"name": name, "text": row.text, "attempt": kept["attempt"] if kept else None,
-                           "flags": kept["flags"] if kept else None})
-    return RedoSummary(job_dir, outputs, redone, counts.rendered + counts.ar_cache + counts.audio_cache)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -609,3 +610,12 @@ def find_jobs(root: Path) -> list[Path]:
     if root.is_dir():
         found += sorted(p for p in root.iterdir() if (p / DB_NAME).is_file())
     return found
+
+
+def storage_error(error: Exception, job_dir: Path, done: int) -> UserError:
+    """A write that failed for lack of space or permission, as one line that says nothing was lost."""
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in str(error)
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    cause = "the disk is full" if full else f"cannot write{where}: {getattr(error, 'strerror', None) or error}"
+    fix = "free some space" if full else "fix the folder's permissions"
+    return UserError(f"{cause}; the {done} finished chunks are saved in {job_dir}: {fix} and run the same command again")

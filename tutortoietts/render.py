@@ -1,12 +1,11 @@
 """The render loop: plan the chunks, take each from job state, the cache or a renderer, then stitch the book.
 
-`render_book` is the outline: plan_render -> prepare_job -> render_pending (through a Renderer, see
-renderers.py) -> raise_failures -> stitch_job.
+`render_book` is the outline: plan_render -> prepare_job -> gate.render_gated (every pending chunk through
+a Renderer, see renderers.py, and the quality gate) -> raise_failures -> stitch_job.
 """
 
 from __future__ import annotations
 
-import errno
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -17,8 +16,8 @@ import torch
 
 from tutortoietts.cache import Cache, ar_key, audio_key, voice_key
 from tutortoietts.errors import UserError
-from tutortoietts.jobs import ChunkRow, Job, PlannedChunk, chunk_seed, default_job_dir
-from tutortoietts.renderers import BatchedRenderer, EngineRenderer, Renderer, RenderTask
+from tutortoietts.jobs import ChunkRow, Job, PlannedChunk, chunk_seed, default_job_dir, storage_error
+from tutortoietts.renderers import BatchedRenderer, EngineRenderer, Renderer
 from tutortoietts.voices import Voice, find_voice, load_voice_clips, voice_fingerprint
 
 FORMATS = ("m4b", "mp3", "wav")
@@ -282,25 +281,6 @@ def make_renderer(plan: Plan, request: RenderRequest, cache: Cache, loader: Call
 # ---------------------------------------------------------------- the loop
 
 
-@dataclass
-class RunCounts:
-    """What this run did with its pending chunks."""
-
-    rendered: int = 0  # every stage computed
-    ar_cache: int = 0  # autoregressive result from the cache, audio computed
-    audio_cache: int = 0  # audio from the cache
-    failed: list[tuple[ChunkRow, str]] = field(default_factory=list)
-    audio_seconds: float = 0.0  # audio this run produced
-
-    def count(self, source: str) -> None:
-        if source == "rendered":
-            self.rendered += 1
-        elif source == "ar-cache":
-            self.ar_cache += 1
-        elif source == "audio-cache":
-            self.audio_cache += 1
-
-
 class ProgressTracker:
     """Turns finished chunks into ProgressEvents with an ETA from this run's pace."""
 
@@ -333,57 +313,8 @@ class ProgressTracker:
                                 elapsed, eta_seconds=eta, workers=self.workers() if self.workers else ()))
 
 
-def render_pending(job: Job, plan: Plan, cache: Cache, renderer: Renderer, pending: list[ChunkRow],
-                   read_cache: bool, tracker: ProgressTracker) -> RunCounts:
-    """Every pending chunk from the audio cache or the renderer, each saved as soon as it is finished.
-
-    read_cache=False (--force) computes every stage again and overwrites the cached results.
-    """
-    counts = RunCounts()
-    rows = {row.name: row for row in pending}
-
-    def save(row: ChunkRow, samples, rate: int, seconds: float, source: str) -> None:
-        try:
-            job.write_chunk(row, samples, rate, seconds)
-        except (OSError, sqlite3.OperationalError) as error:
-            # A full disk or a folder gone read-only: every chunk would fail alike, stop now.
-            raise storage_error(error, plan.job_dir, tracker.done) from None
-        counts.count(source)
-        counts.audio_seconds += samples.numel() / rate
-        tracker.notices(cache.take_notices())
-        tracker.chunk(row, source, counts.audio_seconds)
-
-    def tasks():
-        """Cache hits are saved on the way; the rest go to the renderer, as it asks for them."""
-        for row in pending:
-            start = time.perf_counter()
-            cached = cache.get_audio(row.cache_key) if read_cache else None
-            if cached is not None:
-                save(row, cached[0], cached[1], time.perf_counter() - start, "audio-cache")
-                continue
-            ar_key_ = plan.ar_keys.get(row.cache_key)
-            ar = cache.get_ar(ar_key_) if ar_key_ is not None and read_cache else None
-            yield RenderTask(row.name, row.text, row.seed, ar)
-
-    for result in renderer.render(tasks()):
-        row = rows[result.task.name]
-        if result.error is not None:
-            try:
-                job.mark_failed(row, result.error, result.seconds)
-            except (OSError, sqlite3.OperationalError) as error:
-                raise storage_error(error, plan.job_dir, tracker.done) from None
-            counts.failed.append((row, result.error))
-            tracker.chunk(row, "failed", counts.audio_seconds)
-            continue
-        if result.computed_ar and row.cache_key in plan.ar_keys:
-            cache.put_ar(plan.ar_keys[row.cache_key], result.ar, plan.weights_fp)
-        cache.put_audio(row.cache_key, result.samples, result.sample_rate, plan.weights_fp)
-        save(row, result.samples, result.sample_rate, result.seconds, "rendered" if result.computed_ar else "ar-cache")
-    return counts
-
-
-def raise_failures(counts: RunCounts, total: int, job_dir: Path) -> None:
-    """The failure policy: a failed chunk does not stop the others, but the book is not stitched without it."""
+def raise_failures(counts, total: int, job_dir: Path) -> None:
+    """The failure policy (counts: gate.RunCounts): a failed chunk does not stop the others, but the book is not stitched without it."""
     if not counts.failed:
         return
     names = ", ".join(f"{row.name} ({message})" for row, message in counts.failed[:5])
@@ -460,7 +391,7 @@ def render_book(request: RenderRequest, progress: Callable[[ProgressEvent], None
         renderer = renderer or make_renderer(plan, request, cache, engine_loader)
         tracker.watch(renderer)
         tracker.emit(ProgressEvent("start", tracker.done, total))
-        from tutortoietts.gate import GateOptions, render_gated, request_record
+        from tutortoietts.gate import GateOptions, render_gated
 
         job.set_request(request_record(request))  # what `redo` renders and stitches with
         counts = render_gated(job, plan, request, cache, renderer, pending, tracker,
@@ -495,15 +426,6 @@ def repair_notices(state: dict) -> list[str]:
     return notes
 
 
-def storage_error(error: Exception, job_dir: Path, done: int) -> UserError:
-    """A write that failed for lack of space or permission, as one line that says nothing was lost."""
-    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in str(error)
-    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
-    cause = "the disk is full" if full else f"cannot write{where}: {getattr(error, 'strerror', None) or error}"
-    fix = "free some space" if full else "fix the folder's permissions"
-    return UserError(f"{cause}; the {done} finished chunks are saved in {job_dir}: {fix} and run the same command again")
-
-
 def stitch_job(job: Job, plan: Plan, request: RenderRequest, preview: set[int] | None = None) -> list[Path]:
     """Chapters from the job's chunk files and pauses, mastered by the request's profile, tagged, exported.
 
@@ -530,3 +452,39 @@ def stitch_job(job: Job, plan: Plan, request: RenderRequest, preview: set[int] |
     out_dir.mkdir(exist_ok=True)
     result = finish_book(named, out_dir, request.fmt, tags, load_profile(request.master), request.subtitles)
     return result.paths()
+
+
+def request_record(request) -> dict:
+    """A RenderRequest as JSON the job keeps (paths absolute, marked), for `redo`."""
+    import dataclasses
+
+    record = {}
+    for item in dataclasses.fields(request):
+        value = getattr(request, item.name)
+        if item.name == "voice" and value != "random" and Path(value).expanduser().exists():
+            value = str(Path(value).expanduser().resolve())  # a folder of clips: found from any folder
+        if isinstance(value, Path):
+            value = {"path": str(value.expanduser().resolve())}
+        elif isinstance(value, tuple):
+            value = [list(v) if isinstance(v, tuple) else v for v in value]
+        record[item.name] = value
+    record["force"] = False  # a redo never re-renders the whole book
+    return record
+
+
+def request_from_record(record: dict, **changes):
+    """The RenderRequest a job was rendered with (fields this version does not know are dropped)."""
+    import dataclasses
+
+    known = {item.name for item in dataclasses.fields(RenderRequest)}
+    values = {}
+    for name, value in record.items():
+        if name not in known:
+            continue
+        if isinstance(value, dict) and set(value) == {"path"}:
+            value = Path(value["path"])
+        elif name == "text_overrides":
+            value = tuple(tuple(pair) for pair in value)
+        values[name] = value
+    values.update(changes)
+    return RenderRequest(**values)

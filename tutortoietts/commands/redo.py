@@ -26,7 +26,7 @@ def redo(
     from rich.table import Table
 
     from tutortoietts.commands.generate import ProgressDisplay, console, print_notice
-    from tutortoietts.gate import redo as redo_chunks
+    from tutortoietts.redo import redo as redo_chunks
 
     options = dict(text=text, lexicon=lexicon, retries=retries, asr=True if asr or asr_model else None,
                    asr_model=asr_model, models_dir=models_dir, device=device)

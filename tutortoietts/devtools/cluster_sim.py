@@ -3,7 +3,7 @@
 Each simulated actor takes a fixed time per chunk and returns what a real one would: a chunk's audio
 and its autoregressive result, at realistic sizes (12 s of 24 kHz float audio, 260 latent frames of
 1024 floats, 16 candidates' codes: about 2.2 MB a chunk). The driver side is the one `generate`
-runs: plan_render, prepare_job, render_pending with a RayRenderer. Nothing is rendered and no
+runs: plan_render, prepare_job, gate.render_gated with a RayRenderer. Nothing is rendered and no
 torch is loaded in the actors, so 64 of them fit on a small machine.
 
     python -m tutortoietts.devtools.cluster_sim --actors 1 2 8 32 64 --chunk-seconds 2
@@ -89,7 +89,8 @@ def run_once(actors: int, chunk_seconds: float, per_actor: int, root: Path, mode
     from tutortoietts.cache import Cache
     from tutortoietts.cluster import Placement, RayRenderer
     from tutortoietts.jobs import Job
-    from tutortoietts.render import ProgressTracker, RenderRequest, plan_render, prepare_job, render_pending
+    from tutortoietts.gate import GateOptions, render_gated
+    from tutortoietts.render import ProgressTracker, RenderRequest, plan_render, prepare_job
 
     work = root / f"run-{actors}-{chunk_seconds:g}"
     work.mkdir(parents=True, exist_ok=True)
@@ -110,7 +111,8 @@ def run_once(actors: int, chunk_seconds: float, per_actor: int, root: Path, mode
         renderer = RayRenderer(SleepSpec(seconds=chunk_seconds), "local", "cpu", lambda tts: tts.random_voice(0),
                                placement=Placement(actors, 0, 0, "cpu"), start_together=True)
         tracker.watch(renderer)
-        counts = render_pending(job, plan, cache, renderer, pending, True, tracker)
+        # The real driver loop, quality checks included (no retakes: one render per chunk).
+        counts = render_gated(job, plan, request, cache, renderer, pending, tracker, GateOptions(retries=0))
         renderer.close()
     chunks = counts.rendered + counts.ar_cache
     shutil.rmtree(work, ignore_errors=True)  # 3 MB a chunk on disk (file, cached audio and codes)
