@@ -274,3 +274,20 @@ def test_bad_chapter_lists_are_one_line(env, workspace, models, tmp_path, monkey
                                          monkeypatch=monkeypatch, capsys=capsys))
     assert words in line
     assert not (tmp_path / "job").exists()  # refused before the job folder was made
+
+
+def test_a_streamed_result_serves_the_diffusion_decoder(env, workspace, models, tmp_path, monkeypatch, capsys):
+    """The other way round: say --preset realtime caches its streamed result (hifi latents only), and a
+    diffusion run at one candidate speaks it, its diffusion latents computed from the cached codes."""
+    text = "Codes streamed first, diffused later."
+    common = ["--voice", workspace["voice"], "--models-dir", models, *BASE]
+    first = run(text, *common, "--out", tmp_path / "hifi.wav", monkeypatch=monkeypatch, capsys=capsys)
+    assert first.returncode == 0, first.stderr
+    diffusion = ["--preset", "ultra_fast_v2", "--set", "num_autoregressive_samples=1", "--set", "diffusion_iterations=3"]
+    second = run(text, *common, "--out", tmp_path / "diffusion.wav", *diffusion, monkeypatch=monkeypatch, capsys=capsys)
+    print(second.stderr)
+    assert second.returncode == 0 and "1 from the ar cache" in second.stderr
+    samples, _ = soundfile.read(tmp_path / "diffusion.wav", dtype="float32")
+    expected = expected_audio(models, workspace["voice"], text, "ultra_fast_v2", num_autoregressive_samples=1,
+                              diffusion_iterations=3)
+    assert np.abs(samples - np.clip(expected, -1, 1)).max() <= 1.5 / 32767

@@ -223,7 +223,7 @@ class Cache:
 
     def put_ar(self, key: str, result: ARResult, weights_fp: str) -> None:
         # The values only: stage timings describe one run, not the result.
-        fields = ("codes", "scores", "chosen", "latents", "stopped", "lengths", "text_ids")
+        fields = ("codes", "scores", "chosen", "latents", "stopped", "lengths", "text_ids", "hifi_latents")
         self._set("ar", key, _to_bytes({name: getattr(result, name) for name in fields}), weights_fp)
 
     def get_audio(self, key: str):

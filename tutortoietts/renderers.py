@@ -159,7 +159,8 @@ class BatchedRenderer(EngineRenderer):
         """The audio stages for chunks whose autoregressive results are ready, in batches of one latent length."""
         buckets: dict[tuple, list] = {}
         for task, ar in ready:  # one batch runs one step count: with diffusion_steps "auto" each chunk has its own
-            buckets.setdefault((ar.latents.shape[1], self.settings.for_text(task.text)), []).append((task, ar))
+            length = ar.latents.shape[1] if ar.latents is not None else None  # None: a hifi run's result
+            buckets.setdefault((length, self.settings.for_text(task.text)), []).append((task, ar))
         for (_, settings), bucket in buckets.items():
             for first in range(0, len(bucket), group):
                 batch = bucket[first : first + group]

@@ -167,7 +167,6 @@ class Speaker:
         self.cache = Cache(cache_dir)
         self.tts = None
         self.latents = None
-        self.pending_ar: list[tuple[str, object]] = []  # streamed results, cached once the audio is out
 
     def load(self) -> None:
         """The engine and the voice's latents (from the cache when this voice met these weights before)."""
@@ -221,20 +220,13 @@ class Speaker:
                 pieces.append(piece)
                 yield piece
             samples = torch.cat(pieces)
-            self.pending_ar.append((ar, stream))
+            self.cache.put_ar(ar, stream.result, self.weights_fp)
         else:
             result = self.tts.autoregressive_stage(text, self.latents, self.settings, seed)
             samples = self.tts.audio_stage(result, self.latents, self.settings, seed).samples
             yield samples
             self.cache.put_ar(ar, result, self.weights_fp)
         self.cache.put_audio(key, samples, SAMPLE_RATE, self.weights_fp)
-
-    def cache_streamed_results(self) -> None:
-        """The streamed chunks' autoregressive results, completed (diffusion's latents added) and cached:
-        after the audio is out, since it costs a pass of the autoregressive model per chunk."""
-        for key, stream in self.pending_ar:
-            self.cache.put_ar(key, stream.complete_result(), self.weights_fp)
-        self.pending_ar.clear()
 
     def close(self) -> None:
         self.cache.close()
@@ -317,8 +309,6 @@ def say(
     finally:
         for sink in sinks:
             sink.close(complete)
-        if complete:
-            speaker.cache_streamed_results()
         speaker.close()
     print(summary(report), file=sys.stderr)
     if out not in (None, "-"):

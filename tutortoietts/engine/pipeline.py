@@ -12,6 +12,7 @@ global RNG. The reference's wav2vec "redaction" of bracketed text is not done.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 from pathlib import Path
@@ -348,12 +349,13 @@ class Tortoise:
         with both.stage("autoregressive"):
             report("autoregressive", 0, 1)
             sampled = self.sample_raw_codes(text_ids, voice, settings, seed, instruments=instruments)  # (k, T)
-        return self.choose_candidate(text_ids, sampled, voice, timer, instruments, report)
+        return self.choose_candidate(text_ids, sampled, voice, timer, instruments, report, decoder=settings.decoder)
 
     def choose_candidate(self, text_ids: torch.Tensor, sampled: torch.Tensor, voice: VoiceLatents, timer: StageTimer,
-                         instruments: Instruments = NO_INSTRUMENTS, report=None) -> ARResult:
+                         instruments: Instruments = NO_INSTRUMENTS, report=None, decoder: str = "diffusion") -> ARResult:
         """The autoregressive stages after sampling: fix the candidates up, rerank them with CLVP, and take
-        the best one's latents. `timer` holds the sampling's seconds already; rerank and latents are added."""
+        the best one's latents, as `decoder` takes them (settings.decoder). `timer` holds the sampling's
+        seconds already; rerank and latents are added."""
         from tutortoietts.engine.gpt import fix_codes
 
         report = report or (lambda stage, step, steps: None)
@@ -367,12 +369,22 @@ class Tortoise:
                 chosen = int(torch.topk(scores, k=1).indices[0])  # topk picks as the reference does (ties included)
             else:  # one candidate: nothing to choose between, CLVP is not run
                 scores, chosen = torch.full((1,), float("nan")), 0
+        result = ARResult(codes=codes, scores=scores, chosen=chosen, latents=None, stopped=stopped,
+                          lengths=sampled_lengths(sampled), text_ids=text_ids.cpu())
         with both.stage("latents"):
             report("latents", 0, 1)
-            latents = self.code_latents(text_ids, codes[chosen : chosen + 1], voice)  # (1, T', d)
-        return ARResult(codes=codes, scores=scores, chosen=chosen, latents=latents, stopped=stopped,
-                        lengths=sampled_lengths(sampled), text_ids=text_ids.cpu(),
-                        timings=dict(timer.seconds))
+            if decoder == "hifi":
+                result.hifi_latents = self.hifi_latents(result, voice)  # (1, n, d)
+            else:
+                result.latents = self.code_latents(text_ids, codes[chosen : chosen + 1], voice)  # (1, T', d)
+        result.timings = dict(timer.seconds)
+        return result
+
+    def diffusion_latents(self, ar: ARResult, voice: VoiceLatents) -> torch.Tensor:
+        """The result's diffusion latents: its own, or computed from its codes (a hifi run's result)."""
+        if ar.latents is not None:
+            return ar.latents
+        return self.code_latents(ar.text_ids, ar.codes[ar.chosen : ar.chosen + 1], voice)  # (1, T', d)
 
     def audio_stage(self, ar: ARResult, voice: VoiceLatents, settings, seed: int = 0,
               instruments: Instruments = NO_INSTRUMENTS, progress: Progress | None = None) -> Clip:
@@ -383,15 +395,19 @@ class Tortoise:
         both = _Both(timer, instruments)
         if settings.decoder == "hifi":
             return self.hifi_audio(ar, voice, timer, both, report, instruments)
+        latents = ar.latents
+        if latents is None:  # a hifi run's result (from the cache): diffusion's latents now
+            with both.stage("latents"):
+                latents = self.diffusion_latents(ar, voice)
         with both.stage("diffusion"):
-            mel = self.diffuse(ar.latents, voice, settings, seed=seed, progress=progress)  # (1, 100, frames)
+            mel = self.diffuse(latents, voice, settings, seed=seed, progress=progress)  # (1, 100, frames)
         with both.stage("vocoder"):
             report("vocoder", 0, 1)
             wave = self.vocode(mel, seed=seed)  # (1, 1, samples)
         return Clip(
             samples=wave.reshape(-1),
             sample_rate=SAMPLE_RATE,
-            codes=ar.codes[ar.chosen, : ar.latents.shape[1]],
+            codes=ar.codes[ar.chosen, : latents.shape[1]],
             timings={**ar.timings, **timer.seconds},
             mel=mel,
         )
@@ -442,8 +458,10 @@ class Tortoise:
         """audio_stage with the hifi decoder: the chosen candidate's hifi latents, then the decoder."""
         with both.stage("hifi"):
             report("hifi", 0, 1)
-            with instruments.range("hifi:latents"):
-                latents = self.hifi_latents(ar, voice)  # (1, n, d)
+            latents = ar.hifi_latents
+            if latents is None:  # a diffusion run's result (from the cache)
+                with instruments.range("hifi:latents"):
+                    latents = self.hifi_latents(ar, voice)  # (1, n, d)
             with instruments.range("hifi:decode"):
                 wave = self.hifi_decode(latents, voice)  # (1, 1, samples)
         return Clip(samples=wave.reshape(-1), sample_rate=SAMPLE_RATE, codes=ar.codes[ar.chosen, : latents.shape[1]],
@@ -510,7 +528,8 @@ class Tortoise:
                 else:
                     timer = StageTimer(self.device, seconds={"autoregressive": done.seconds})
                     try:
-                        finished.append((done.key, self.choose_candidate(done.text_ids, done.codes, voice, timer, instruments)))
+                        finished.append((done.key, self.choose_candidate(done.text_ids, done.codes, voice, timer, instruments,
+                                                                         decoder=settings.decoder)))
                     except Exception as error:
                         finished.append((done.key, error))
             yield finished
@@ -537,6 +556,7 @@ class Tortoise:
 
         if settings.decoder == "hifi":  # nothing to diffuse: the HiFi decoder, chunk by chunk
             return [self.audio_stage(ar, voice, settings, seed, instruments) for ar, seed in zip(ars, seeds)]
+        ars = [ar if ar.latents is not None else dataclasses.replace(ar, latents=self.diffusion_latents(ar, voice)) for ar in ars]
         if len({ar.latents.shape[1] for ar in ars}) != 1:
             raise ValueError("audio_batch needs latents of one length: bucket the chunks first")
         if len(ars) > 1 and settings.sampler == "ddpm":

@@ -32,12 +32,16 @@ class ARResult:
     codes: torch.Tensor  # (n, T) int64: every sampled candidate, fixed up (fix_codes)
     scores: torch.Tensor  # (n,) CLVP scores, higher is better
     chosen: int  # row of `codes` the audio stages speak
-    latents: torch.Tensor  # (1, T', d_ar) the chosen candidate's latents, cut where its speech ends
+    # The latents of the chosen candidate its run's decoder takes: the diffusion decoder's (cut where the
+    # speech ends) or the hifi decoder's (one per code sampled); the other is None, and an audio stage
+    # that needs it computes it from the codes (a result cached by a run with the other decoder).
+    latents: torch.Tensor | None  # (1, T', d_ar) for the diffusion decoder
     stopped: torch.Tensor | None = None  # (n,) bool: the candidate emitted the stop token (None: not recorded)
     # What lets a later stage compute other latents from the codes (the hifi decoder's); None in
     # results cached before they were recorded (cache.get_ar takes those as misses).
     lengths: torch.Tensor | None = None  # (n,) int64: codes each candidate sampled, its stop code included
     text_ids: torch.Tensor | None = None  # (1, m) int64: the tokenized text the candidates speak
+    hifi_latents: torch.Tensor | None = None  # (1, lengths[chosen], d_ar) for the hifi decoder
     timings: dict[str, float] = field(default_factory=dict, compare=False)  # seconds per stage; never cached
 
 

@@ -83,8 +83,8 @@ class SpeechStream:
     With one candidate (num_autoregressive_samples = 1) sampling runs in a worker thread whose
     per-step latents feed a WindowedDecoder, and pieces come as they are ready. With several,
     CLVP must see every candidate first: the stream then yields the chosen one's audio in one piece.
-    After the last piece, `result` holds the ARResult (for the caches) and `timings` the seconds
-    to the first piece and in total. Closing the iteration early stops the sampling.
+    After the last piece, `result` holds the ARResult (for the caches: the same as
+    autoregressive_stage's with the hifi decoder) and `timings` the seconds to the first piece and in total. Closing the iteration early stops the sampling.
     """
 
     def __init__(self, tts, text: str, voice, settings, seed: int = 0, first_codes: int = FIRST_PIECE_CODES,
@@ -101,15 +101,6 @@ class SpeechStream:
             self.timings.setdefault("first_piece", time.perf_counter() - start)
             yield piece
         self.timings["total"] = time.perf_counter() - start
-
-    def complete_result(self):
-        """The result with the diffusion decoder's latents added (autoregressive_stage computes them for
-        every result), so a cache can share it with diffusion settings. Costs one pass of the
-        autoregressive model; call it after the audio is out. -> pipeline.ARResult"""
-        result = self.result
-        if result is not None and result.latents is None:
-            result.latents = self.tts.code_latents(result.text_ids, result.codes[result.chosen : result.chosen + 1], self.voice)
-        return result
 
     def _whole(self) -> Iterator[torch.Tensor]:
         """Several candidates: sample and rerank them all, then decode the chosen one."""
@@ -166,20 +157,20 @@ class SpeechStream:
         if last.numel():
             messages.put(("piece", last))
         total = time.perf_counter() - begin
-        self.result = streamed_result(self._text_ids, sampled)
+        self.result = streamed_result(self._text_ids, sampled, torch.stack(decoder.latents)[None])
         # The decoder ran inside the sampling loop: its share is timed apart.
         self.result.timings = {"autoregressive": total - decoder.seconds, "hifi": decoder.seconds}
 
 
-def streamed_result(text_ids: torch.Tensor, sampled: torch.Tensor):
-    """The ARResult of a one-candidate stream: what autoregressive_stage returns for it, but for the
-    diffusion decoder's latents, left to SpeechStream.complete_result."""
+def streamed_result(text_ids: torch.Tensor, sampled: torch.Tensor, latents: torch.Tensor):
+    """The ARResult of a one-candidate stream: what autoregressive_stage returns for it with the hifi
+    decoder, its hifi latents the ones the sampling loop reported (latents (1, n, d_ar))."""
     from tutortoietts.engine.gpt import fix_codes
     from tutortoietts.engine.results import STOP_MEL_TOKEN, ARResult, sampled_lengths
 
     return ARResult(codes=fix_codes(sampled), scores=torch.full((1,), float("nan")), chosen=0, latents=None,
                     stopped=(sampled == STOP_MEL_TOKEN).any(dim=1), lengths=sampled_lengths(sampled),
-                    text_ids=text_ids.cpu())
+                    text_ids=text_ids.cpu(), hifi_latents=latents.float().cpu())
 
 
 def joined_length(latents: int) -> int:
