@@ -188,4 +188,5 @@ def test_bench_quality_compares_each_side_with_ours_fp32(tiny_models_dir, tmp_pa
     assert report["weights"]["kind"] == "random"
     side = report["sides"]["ours int8"]
     assert side["time_to_first_audio_seconds"] > 0 and side["tokens_per_second"] > 0
+    assert "2 x 16, 4 ddpm" in done.stdout  # the steps column reads diffusion_iterations, not diffusion_steps' "fixed"
     assert "warning:" in done.stdout

@@ -32,7 +32,8 @@ def speed_table(report: dict) -> Table:
     for name, side in report["sides"].items():
         settings = side["settings"]
         samples = settings.get("num_samples", settings.get("num_autoregressive_samples"))
-        steps = settings.get("diffusion_steps", settings.get("diffusion_iterations"))
+        # Ours: Settings' diffusion_iterations (its diffusion_steps is "fixed"/"auto"); the reference side: a count.
+        steps = settings.get("diffusion_iterations", settings.get("diffusion_steps"))
         sampler = settings.get("sampler", "ddpm")
         shape = f"{samples} x {side['ar_steps']}, " + ("hifi decoder" if settings.get("decoder") == "hifi" else f"{steps} {sampler}")
         cells = []
