@@ -133,8 +133,10 @@ def run_worker(spec_path: Path, out_dir: Path) -> None:
         torch.set_num_threads(options.threads)
     torch.set_grad_enabled(False)
     side = spec["side"]
+    load = os.getloadavg()  # the machine may be shared: the load each side ran under is part of its figures
     result = reference_side(options, spec["chunks"]) if side == "reference" else our_side(options, spec["chunks"], side)
     result["threads"] = torch.get_num_threads()
+    result["load_average_1min"] = dict(start=load[0], end=os.getloadavg()[0])
     (Path(out_dir) / "result.json").write_text(json.dumps(result, indent=2))
 
 
