@@ -105,16 +105,13 @@ def compare_logits(full: torch.Tensor, ablated: torch.Tensor, mask: torch.Tensor
     return {"kl_nats_per_code": kl.mean().item(), "top1_agreement": agree.mean().item(), "positions": int(mask.sum())}
 
 
-def timed_sampling(tts, text_ids, voice, settings, seed: int, repeats: int) -> tuple[torch.Tensor, float]:
-    """The engine's candidate sampling, best of `repeats` runs: (raw codes, seconds)."""
-    best, codes = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        codes = tts.sample_raw_codes(text_ids, voice, settings, seed)
-        if tts.device.type == "cuda":
-            torch.cuda.synchronize(tts.device)
-        best = min(best, time.perf_counter() - start)
-    return codes, best
+def timed_sampling(tts, text_ids, voice, settings, seed: int) -> tuple[torch.Tensor, float]:
+    """The engine's candidate sampling, timed: (raw codes, seconds)."""
+    start = time.perf_counter()
+    codes = tts.sample_raw_codes(text_ids, voice, settings, seed)
+    if tts.device.type == "cuda":
+        torch.cuda.synchronize(tts.device)
+    return codes, time.perf_counter() - start
 
 
 def ablation_study(inputs: StudyInputs, specs: list[str] | None = None, sweep: bool = False, progress=None) -> dict:
@@ -131,40 +128,48 @@ def ablation_study(inputs: StudyInputs, specs: list[str] | None = None, sweep: b
     tts, voice, settings, text_ids = study.tts, study.voice, study.settings, study.text_ids
     model = tts.autoregressive
 
-    say("full model: sampling")
-    tts.sample_raw_codes(text_ids, voice, settings, inputs.seed)  # warm-up at full size: first-call costs stay out
-    full_codes, full_seconds = timed_sampling(tts, text_ids, voice, settings, inputs.seed, inputs.repeats)
-    full_steps = decode_steps(full_codes, model.stop_mel_token)
-    model.keep_layers(())
-    full_logits = teacher_forced_logits(tts, text_ids, voice, full_codes)
-    mask = spoken_mask(full_codes, model.stop_mel_token)
-    full_clip = None
-    if inputs.quality:
-        say("full model: audio")
-        full_clip = tts.synthesize(inputs.text, voice, settings, inputs.seed)
-
-    variants = []
+    # Timed sampling, round-robin over the full model and every variant for each repeat (best of
+    # the repeats), so drifting machine load hits them alike, as bench's sides alternate.
+    runs = [("full", ())] + [(spec, kept_layers(skipped, total)) for spec, skipped in parsed]
+    seconds: dict[str, float | None] = dict.fromkeys(name for name, _ in runs)
+    sampled = {}
     try:
-        for spec, skipped in parsed:
-            kept = kept_layers(skipped, total)
-            ablated_settings = settings.replace(ar_layers=list(kept))
-            say(f"skipping {spec}: sampling")
-            codes, seconds = timed_sampling(tts, text_ids, voice, ablated_settings, inputs.seed, inputs.repeats)
+        say("warm-up")
+        tts.sample_raw_codes(text_ids, voice, settings, inputs.seed)  # at full size: first-call costs stay out
+        for repeat in range(inputs.repeats):
+            for name, kept in runs:
+                say(f"sampling, run {repeat + 1}/{inputs.repeats}: {name}")
+                codes, elapsed = timed_sampling(tts, text_ids, voice, settings.replace(ar_layers=list(kept)), inputs.seed)
+                sampled[name] = codes
+                seconds[name] = elapsed if seconds[name] is None else min(seconds[name], elapsed)
+        full_codes, full_seconds = sampled["full"], seconds["full"]
+        full_steps = decode_steps(full_codes, model.stop_mel_token)
+        model.keep_layers(())
+        full_logits = teacher_forced_logits(tts, text_ids, voice, full_codes)
+        mask = spoken_mask(full_codes, model.stop_mel_token)
+        full_clip = None
+        if inputs.quality:
+            say("full model: audio")
+            full_clip = tts.synthesize(inputs.text, voice, settings, inputs.seed)
+
+        variants = []
+        for (spec, skipped), (_, kept) in zip(parsed, runs[1:]):
+            codes, elapsed = sampled[spec], seconds[spec]
             steps = decode_steps(codes, model.stop_mel_token)
             model.keep_layers(kept)
             logits = teacher_forced_logits(tts, text_ids, voice, full_codes)
             entry = {
                 "spec": spec, "skipped": list(skipped), "layers_kept": len(kept),
                 **compare_logits(full_logits, logits, mask),
-                "ar_seconds": seconds, "decode_steps": steps,
-                "codes_per_second": codes.shape[0] * steps / seconds,
+                "ar_seconds": elapsed, "decode_steps": steps,
+                "codes_per_second": codes.shape[0] * steps / elapsed,
                 # Per decode step, so a model that stops earlier is not credited with speed.
-                "speedup_per_step": (full_seconds / full_steps) / (seconds / steps),
+                "speedup_per_step": (full_seconds / full_steps) / (elapsed / steps),
                 "quality": None,
             }
             if inputs.quality:
                 say(f"skipping {spec}: audio")
-                clip = tts.synthesize(inputs.text, voice, ablated_settings, inputs.seed)
+                clip = tts.synthesize(inputs.text, voice, settings.replace(ar_layers=list(kept)), inputs.seed)
                 entry["quality"] = quality_of(full_clip, clip)
             variants.append(entry)
     finally:

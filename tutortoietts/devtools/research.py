@@ -195,24 +195,31 @@ def speculation_study(inputs: StudyInputs, ks=DEFAULT_SPECULATION_K, draft_layer
     def plain():
         return model.sample(cond, text_ids, generator=generator(), **sampling)
 
-    say("plain sampling")
-    plain()  # warm-up at full size: first-call costs (allocations, kernel choice) stay out of the timing
-    runs = [timed(plain, tts.device) for _ in range(inputs.repeats)]
-    codes, plain_seconds = runs[0][0], min(seconds for _, seconds in runs)
+    def speculative_run(k: int, stats):
+        return speculative.sample(model, cond, text_ids, draft=draft, k=k, generator=generator(), stats=stats, **sampling)
+
+    say("warm-up")
+    plain()  # at full size: first-call costs (allocations, kernel choice) stay out of the timing
+    speculative_run(ks[0], speculative.SpeculationStats())
+    # Round-robin over plain sampling and every k for each repeat (best of the repeats), so drifting
+    # machine load hits them alike.
+    best: dict = {}
+    outputs: dict = {}
+    for repeat in range(inputs.repeats):
+        for k in (None, *ks):
+            say(f"run {repeat + 1}/{inputs.repeats}: " + ("plain sampling" if k is None else f"speculative, k = {k}"))
+            stats = speculative.SpeculationStats()
+            out, seconds = timed(plain if k is None else (lambda: speculative_run(k, stats)), tts.device)
+            outputs[k] = (out, stats)
+            best[k] = seconds if k not in best else min(best[k], seconds)
+    codes, plain_seconds = outputs[None][0], best[None]
     steps = decode_steps(codes, model.stop_mel_token)
     plain_rate = codes.shape[0] * steps / plain_seconds
     results = []
     for k in ks:
-        say(f"speculative sampling, k = {k}")
-        best, stats = None, None
-        for _ in range(inputs.repeats):
-            stats = speculative.SpeculationStats()
-            out, seconds = timed(lambda: speculative.sample(model, cond, text_ids, draft=draft, k=k, generator=generator(),
-                                                            stats=stats, **sampling), tts.device)
-            best = seconds if best is None else min(best, seconds)
-        spec_steps = decode_steps(out, model.stop_mel_token)
-        rate = out.shape[0] * spec_steps / best
-        results.append({"k": k, "seconds": best, "codes_per_second": rate, "speedup": rate / plain_rate,
+        out, stats = outputs[k]
+        rate = out.shape[0] * decode_steps(out, model.stop_mel_token) / best[k]
+        results.append({"k": k, "seconds": best[k], "codes_per_second": rate, "speedup": rate / plain_rate,
                         **stats.to_dict()})
     return {
         "weights": study.origin,
