@@ -231,10 +231,14 @@ class BatchedDecoder:
         self.max_mel_tokens = max_mel_tokens
         self.sampling = dict(temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
         self.instruments = instruments
-        # Longest prefix: conditioning + [start_text, ids..., 0, 0] within the text position table.
         self.cache_length = cache_length(model, max_mel_tokens)
-        model.setup_caches(self.slots, self.cache_length)
         self.step = step or DecodeStep(model, self.cache_length)
+        if self.step.static:
+            model.setup_caches(self.slots, self.cache_length)
+        else:  # exactly as long as the window, grown and shrunk with it (see AutoregressiveModel.resize_caches)
+            model.clear_caches()
+            model.setup_caches(self.slots, WINDOW)
+        self.allocated = self.cache_length if self.step.static else WINDOW
         self.stats = DecodeStats(slots=self.slots)
         self.rows: list[_Row | None] = [None] * self.slots
         self.stop = model.stop_mel_token
@@ -262,9 +266,19 @@ class BatchedDecoder:
         self.stats.prefill_seconds += chunk.seconds
         return chunk
 
+    def _fit_cache(self, furthest: int) -> int:
+        """Cache positions to attend when the furthest row writes at `furthest`: on the CPU the cache is
+        resized to that window (grown at once, shrunk only by two windows, so it does not flap)."""
+        needed = self.step.window(furthest)
+        if not self.step.static and (needed > self.allocated or needed + 2 * WINDOW <= self.allocated):
+            self.model.resize_caches(needed)
+            self.allocated = needed
+        return self.allocated
+
     def _place(self, chunk: _Chunk, slot: int) -> list[_Chunk]:
         """Put the chunk's next candidate in `slot`: its prefix, its seen-codes, its first code."""
         index = chunk.waiting.popleft()
+        self._fit_cache(max(chunk.prefix_length, max(self.positions)))  # its prefix and start code: 0..P
         self.model.load_slot(slot, chunk.prefix_kv)
         if not chunk.waiting:
             chunk.prefix_kv = None  # every candidate has its copy: free the captured prefix
@@ -341,7 +355,7 @@ class BatchedDecoder:
         start = time.perf_counter()
         self.instruments.decode_step(self.stats.steps)
         inputs = torch.tensor([self.tokens[:count], self.positions[:count], self.mel_positions[:count]], device=self.device)
-        logits = self.step(inputs[0, :, None], inputs[1], inputs[2], self.step.window(max(self.positions)))
+        logits = self.step(inputs[0, :, None], inputs[1], inputs[2], self._fit_cache(max(self.positions)))
         ids = self._sample(logits[busy], busy)
         elapsed = time.perf_counter() - start
         share = elapsed / len(busy)

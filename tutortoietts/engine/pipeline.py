@@ -492,7 +492,13 @@ class Tortoise:
         After the run, `self.decode_stats` holds the decoder's counts (batching.DecodeStats).
         """
         from tutortoietts.engine.batching import BatchedDecoder, ChunkJob, DecodeStep, Passed, cache_length
+        from tutortoietts.engine.decoding import validate_sampling
 
+        validate_sampling(settings.num_autoregressive_samples, settings.max_mel_tokens, settings.temperature,
+                          settings.top_p, settings.repetition_penalty, None)
+        if settings.max_mel_tokens >= self.autoregressive.mel_pos_embedding.rows:  # as sample() checks it
+            raise UserError(f"max_mel_tokens must be at most {self.autoregressive.mel_pos_embedding.rows - 1}, "
+                            f"got {settings.max_mel_tokens}")
         if self.low_vram:
             raise UserError("batched rendering keeps the networks on the device: use --batch-chunks 1 with --low-vram")
         count = settings.num_autoregressive_samples
